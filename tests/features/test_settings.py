@@ -1,0 +1,65 @@
+from pathlib import Path
+
+import pytest
+
+from features.errors import ConfigError
+from features.settings import CONFIG_DIR, PRESETS, GROUPS, load_settings, parse_override
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_loads(preset: str) -> None:
+    cfg = load_settings(preset)
+    assert cfg.data.preset == preset
+
+
+def test_every_config_file_is_valid_yaml_and_used() -> None:
+    for path in CONFIG_DIR.rglob("*.yaml"):
+        group = path.parent.name
+        assert group in GROUPS or group == "preset", f"{path} belongs to no settings group"
+    for preset in PRESETS:
+        load_settings(preset)
+
+
+def test_presets_grow() -> None:
+    tiny, small, full = (load_settings(p).data for p in PRESETS)
+    assert tiny.n_creators < small.n_creators < full.n_creators
+    assert full.n_creators == 3_500_000 and full.n_products == 10_000_000
+
+
+def test_override_is_typed() -> None:
+    cfg = load_settings("tiny", overrides=["data.seed=7", "data.label_share=0.05"])
+    assert cfg.data.seed == 7 and cfg.data.label_share == 0.05
+
+
+def test_unknown_key_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="data.bogus"):
+        load_settings("tiny", overrides=["data.bogus=1"])
+
+
+def test_wrong_type_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="data.n_creators"):
+        load_settings("tiny", overrides=["data.n_creators=many"])
+
+
+def test_out_of_range_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="label_share"):
+        load_settings("tiny", overrides=["data.label_share=1.5"])
+
+
+def test_unknown_preset() -> None:
+    with pytest.raises(ConfigError, match="unknown preset"):
+        load_settings("huge")
+
+
+def test_config_file_overrides(tmp_path: Path) -> None:
+    file = tmp_path / "exp.yaml"
+    file.write_text("data:\n  seed: 11\n")
+    assert load_settings("tiny", config_file=file).data.seed == 11
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings("tiny", config_file=tmp_path / "missing.yaml")
+
+
+def test_bad_override_syntax() -> None:
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_override("no-equals-sign")
+    assert parse_override("a.b.c=[1, 2]") == {"a": {"b": {"c": [1, 2]}}}

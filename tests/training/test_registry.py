@@ -1,0 +1,75 @@
+"""The promotion gate: first model becomes champion, better replaces, worse is refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from features.errors import HaowuError
+from features.settings import RegistryConfig
+from training import tracking
+from training.registry import PromotionRefused, promote, rollback
+
+NAME = "haowu-gate-test"
+CFG = RegistryConfig(gates={NAME: {"recall@50": "higher"}}, tolerance=0.01)
+
+
+def _register(recall: float, fingerprint: str = "fp-a") -> str:
+    import mlflow
+
+    class Echo(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input, params=None):  # noqa: ARG002
+            return model_input
+
+    with tracking.job_run("gate-test", {"recall": recall},
+                          tags={"haowu.data_fingerprint": fingerprint}) as run:
+        tracking.log_metrics({"recall@50": recall})
+        mlflow.pyfunc.log_model(name="model", python_model=Echo(), registered_model_name=NAME)
+    return run.info.run_id
+
+
+@pytest.fixture(scope="module")
+def runs() -> dict[str, str]:
+    return {
+        "first": _register(0.30),
+        "better": _register(0.35),
+        "within_tolerance": _register(0.345),
+        "worse": _register(0.20),
+        "other_data": _register(0.90, fingerprint="fp-b"),
+    }
+
+
+def test_gate_sequence(runs: dict[str, str]) -> None:
+    first = promote(NAME, runs["first"], CFG)
+    assert first.previous is None and first.version == "1"
+
+    better = promote(NAME, runs["better"], CFG)
+    assert better.previous == "1" and better.version == "2"
+    assert all(row.passed for row in better.rows)
+
+    tolerated = promote(NAME, runs["within_tolerance"], CFG)
+    assert tolerated.version == "3"
+
+    with pytest.raises(PromotionRefused, match="worse") as refused:
+        promote(NAME, runs["worse"], CFG)
+    assert "recall@50" in refused.value.table and "WORSE" in refused.value.table
+
+    with pytest.raises(PromotionRefused, match="fingerprint"):
+        promote(NAME, runs["other_data"], CFG)
+
+    with pytest.raises(HaowuError, match="--reason"):
+        promote(NAME, runs["worse"], CFG, force=True)
+    forced = promote(NAME, runs["worse"], CFG, force=True, reason="hotfix for a broken feature")
+    assert forced.forced and forced.version == "4"
+
+    assert rollback(NAME, CFG) == ("4", "3")
+    assert rollback(NAME, CFG) == ("3", "2")
+
+
+def test_unknown_run_is_a_clear_error() -> None:
+    with pytest.raises(HaowuError, match="does not exist"):
+        promote(NAME, "0" * 32, CFG)
+
+
+def test_rollback_without_history() -> None:
+    with pytest.raises(HaowuError, match="no registered model"):
+        rollback("haowu-never-registered", CFG)
