@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,7 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from features.errors import ConfigError
 
-CONFIG_DIR = Path(os.environ.get("HAOWU_CONFIG_DIR", Path(__file__).resolve().parents[1] / "configs"))
+CONFIG_DIR = Path(
+    os.environ.get("HAOWU_CONFIG_DIR", Path(__file__).resolve().parents[1] / "configs")
+)
 PRESETS = ("tiny", "small", "full")
 
 
@@ -25,6 +28,184 @@ class StrictModel(BaseModel):
     """Settings block that rejects unknown keys and never coerces across types silently."""
 
     model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+
+
+class CatalogParams(StrictModel):
+    """Hidden structure of categories, merchants and products in the synthetic marketplace."""
+
+    centroid_scales: list[float] = Field(
+        default=[1.0, 0.6, 0.35],
+        min_length=3,
+        max_length=3,
+        description="spread of l1 centroids, then l2 and leaf offsets (latents are O(1))",
+    )
+    leaf_price_median: float = Field(60.0, gt=0, description="median of leaf median prices")
+    leaf_price_sigma: float = Field(0.9, ge=0, description="lognormal sigma of leaf median prices")
+    merchant_size_sigma: float = Field(
+        1.3, ge=0, description="lognormal sigma of products per merchant"
+    )
+    merchant_focus: float = Field(0.85, ge=0, le=1, description="share of products in the main l1")
+    merchant_quality_sd: float = Field(0.5, ge=0)
+    brand_quality_corr: float = Field(0.4, ge=-1, le=1)
+    official_brand_share: float = Field(0.15, ge=0, le=1)
+    official_brand_noise: float = Field(
+        0.6, ge=0, description="noise on brand strength before the cut"
+    )
+    brand_awareness_median: float = Field(200.0, gt=0)
+    brand_awareness_sigma: float = Field(1.6, ge=0)
+    store_rating_mean: float = Field(4.5, ge=0, le=5)
+    store_rating_sd: float = Field(0.3, ge=0)
+    store_rating_quality_coef: float = Field(0.25, ge=0)
+    flagged_quality_penalty: float = Field(
+        1.5, ge=0, description="quality drop of flagged merchants"
+    )
+    new_merchant_days: int = Field(90, gt=0, description="merchants younger than this are new")
+    new_merchant_size_factor: float = Field(
+        0.3, gt=0, description="relative catalog size of new merchants"
+    )
+    max_merchant_age_days: int = Field(3000, gt=0)
+    max_product_age_days: int = Field(
+        730, gt=0, description="oldest listing date, days before the end"
+    )
+    new_product_recency: float = Field(
+        1.5, gt=0, description=">1 skews new listings to recent days"
+    )
+    price_sigma: float = Field(
+        0.5, ge=0, description="lognormal sigma of price around the leaf median"
+    )
+    price_brand_coef: float = Field(
+        0.15, description="log-price premium per unit of brand strength"
+    )
+    commission_median: float = Field(0.12, gt=0, lt=1)
+    commission_sigma: float = Field(0.5, ge=0)
+    commission_quality_coef: float = Field(
+        -0.15, description="weak goods buy promoters with commission"
+    )
+    commission_range: list[float] = Field(default=[0.01, 0.5], min_length=2, max_length=2)
+    platform_low_share: float = Field(
+        0.4, ge=0, le=1, description="products that are the platform low"
+    )
+    platform_markup_median: float = Field(0.08, gt=0)
+    platform_markup_sigma: float = Field(0.7, ge=0)
+    product_latent_noise: float = Field(
+        0.5, ge=0, description="product latent spread around its leaf"
+    )
+    popularity_sigma: float = Field(1.4, ge=0, description="lognormal sigma of product popularity")
+    popularity_quality_corr: float = Field(0.5, ge=-1, le=1)
+    product_chunk_rows: int = Field(1_000_000, gt=0, description="products generated per chunk")
+
+
+class IndicatorParams(StrictModel):
+    """How the 30-day indicators, the hidden true tier and the auditor labels are drawn."""
+
+    stats_window_days: int = Field(30, gt=0)
+    promoters_mean: float = Field(
+        4.0, gt=0, description="mean active promoters of a 30-day product"
+    )
+    promoters_quality_coef: float = Field(0.3)
+    units_per_promoter: float = Field(6.0, gt=0)
+    units_quality_coef: float = Field(0.4)
+    positive_review_logit: list[float] = Field(
+        default=[2.5, 0.8, 0.5],
+        min_length=3,
+        max_length=3,
+        description="intercept, quality coefficient, noise sd",
+    )
+    refund_logit: list[float] = Field(default=[-3.0, -0.8, 0.6], min_length=3, max_length=3)
+    ship_48h_logit: list[float] = Field(
+        default=[1.5, 1.0, 0.6],
+        min_length=3,
+        max_length=3,
+        description="intercept, merchant quality coefficient, noise sd",
+    )
+    conversion_logit: list[float] = Field(default=[-3.5, 0.4, 0.5], min_length=3, max_length=3)
+    conversion_price_coef: float = Field(-0.3, description="per unit of log price index")
+    stats_missing_share: float = Field(0.02, ge=0, lt=1, description="random gaps per stats column")
+    dimension_weights: dict[str, float] = Field(
+        default={"brand": 0.12, "price": 0.18, "distribution": 0.15, "service": 0.30, "sales": 0.25}
+    )
+    indicator_weights: dict[str, float] = Field(
+        default={
+            "brand_awareness": 0.7,
+            "is_official_brand": 0.3,
+            "price_index": 0.6,
+            "price_vs_platform_low": 0.4,
+            "commission_rate": 0.4,
+            "active_promoters_30d": 0.6,
+            "positive_review_rate": 0.4,
+            "refund_rate": 0.35,
+            "ship_48h_rate": 0.25,
+            "gmv_30d": 0.6,
+            "conversion_rate": 0.4,
+        },
+        description="weight of each indicator inside its dimension",
+    )
+    service_sales_interaction: float = Field(0.3, ge=0, description="weight of min(service, sales)")
+    sales_saturation: float = Field(1.5, gt=0, description="tanh scale on the sales dimension")
+    refund_veto_rate: float = Field(
+        0.15, gt=0, lt=1, description="refund rate where the veto bites"
+    )
+    refund_veto_width: float = Field(0.02, gt=0)
+    refund_veto_strength: float = Field(2.0, ge=0)
+    label_cold_weight: float = Field(0.3, ge=0, description="labelling odds of a cold product")
+    label_days: int = Field(60, gt=0, description="labels were given in these last days")
+
+
+class AudienceParams(StrictModel):
+    """Hidden structure of creators, their tastes and the brokers' rosters and goods."""
+
+    followers_median: float = Field(3000.0, gt=0)
+    followers_sigma: float = Field(1.9, ge=0)
+    activity_sigma: float = Field(
+        1.2, ge=0, description="lognormal sigma of promotions per creator"
+    )
+    activity_followers_corr: float = Field(0.6, ge=-1, le=1)
+    new_creator_share: float = Field(
+        0.1, ge=0, le=1, description="creators who joined in the window"
+    )
+    max_creator_age_days: int = Field(2500, gt=0)
+    secondary_same_l1: float = Field(
+        0.7, ge=0, le=1, description="secondary leaves in the primary's l1"
+    )
+    price_band_shares: list[float] = Field(
+        default=[0.2, 0.25, 0.25, 0.18, 0.12], min_length=5, max_length=5
+    )
+    female_share_range: list[float] = Field(default=[0.2, 0.85], min_length=2, max_length=2)
+    female_share_concentration: float = Field(8.0, gt=0, description="Beta concentration per l1")
+    n_regions: int = Field(31, gt=0)
+    region_zipf: float = Field(0.8, ge=0)
+    taste_blend: list[float] = Field(
+        default=[0.8, 0.2],
+        min_length=2,
+        max_length=2,
+        description="weight of the primary and of the mean secondary leaf centroid",
+    )
+    taste_noise: float = Field(0.5, ge=0)
+    broker_l1_range: list[int] = Field(default=[2, 4], min_length=2, max_length=2)
+    broker_goods_median: float = Field(40.0, gt=0)
+    broker_goods_sigma: float = Field(1.0, ge=0)
+    broker_roster_sigma: float = Field(1.0, ge=0)
+    broker_l1_affinity: float = Field(
+        4.0, ge=0, description="roster boost for a creator in the l1s"
+    )
+
+
+class AffinityParams(StrictModel):
+    """The hidden choice model behind interactions (and the oracle that inverts it)."""
+
+    leaf_mix: list[float] = Field(
+        default=[0.55, 0.30, 0.15],
+        min_length=3,
+        max_length=3,
+        description="leaf of a promotion: primary, secondaries, global by popularity",
+    )
+    alpha: float = Field(3.0, ge=0, description="weight of <creator taste, product latent>")
+    beta: float = Field(0.5, ge=0, description="penalty per price band of mismatch")
+    gamma: float = Field(0.5, ge=0, description="weight of product quality")
+    orders_base: float = Field(0.3, description="log mean extra orders of a median creator")
+    orders_followers_coef: float = Field(0.3)
+    orders_affinity_coef: float = Field(0.2)
+    score_batch_rows: int = Field(500_000, gt=0, description="events scored at once in a chunk")
 
 
 class DataConfig(StrictModel):
@@ -41,8 +222,12 @@ class DataConfig(StrictModel):
     n_leaf_categories: int = Field(gt=0)
     interactions: int = Field(gt=0, description="target number of interaction rows")
     days: int = Field(180, gt=7)
-    cold_days: int = Field(7, gt=0, description="products listed this recently have no sales history")
-    new_product_share: float = Field(0.08, ge=0, le=1, description="products listed inside the log window")
+    cold_days: int = Field(
+        7, gt=0, description="products listed this recently have no sales history"
+    )
+    new_product_share: float = Field(
+        0.08, ge=0, le=1, description="products listed inside the log window"
+    )
     new_merchant_share: float = Field(0.12, ge=0, le=1)
     flagged_merchant_share: float = Field(0.03, ge=0, le=1)
     broker_creator_share: float = Field(0.3, ge=0, le=1)
@@ -53,6 +238,14 @@ class DataConfig(StrictModel):
     candidates: int = Field(16, gt=1, description="proposal products scored per interaction")
     zipf_categories: float = Field(1.05, gt=0)
     chunk_rows: int = Field(2_000_000, gt=0, description="interaction rows per generated part")
+    end_date: date = Field(
+        date(2026, 11, 1), description="the interaction log ends here (exclusive)"
+    )
+    workers: int = Field(2, gt=0, description="threads generating interaction chunks")
+    catalog: CatalogParams = CatalogParams()
+    indicators: IndicatorParams = IndicatorParams()
+    audience: AudienceParams = AudienceParams()
+    affinity: AffinityParams = AffinityParams()
 
 
 class RegistryConfig(StrictModel):
@@ -65,11 +258,230 @@ class RegistryConfig(StrictModel):
     )
 
 
+class MatchingConfig(StrictModel):
+    """Two-tower matching, its baselines and evaluation protocols (`haowu train-matching`)."""
+
+    # towers
+    id_dim: int = Field(64, gt=0, description="ID embedding width (row 0 is the OOV bucket)")
+    side_dim: int = Field(16, gt=0, description="embedding width of each categorical side feature")
+    hidden: list[int] = Field(default=[256], description="MLP hidden widths of each tower")
+    out_dim: int = Field(64, gt=0, description="output embedding width (L2-normalised)")
+    temperature: float = Field(0.05, gt=0, le=1)
+    learn_temperature: bool = False
+    id_dropout: float = Field(
+        0.1, ge=0, le=1, description="share of IDs replaced by OOV in training"
+    )
+    min_id_count: int = Field(
+        1, ge=1, description="IDs with fewer training pairs share the OOV row"
+    )
+    creator_categorical: list[str] = Field(default=["category_pref", "price_band", "region"])
+    creator_numeric: list[str] = Field(
+        default=["followers", "fans_female_share", "account_age_days"]
+    )
+    product_categorical: list[str] = Field(
+        default=[
+            "category_l1",
+            "category_l2",
+            "category_l3",
+            "price_band",
+            "merchant_id",
+            "is_official_brand",
+            "tier",
+        ]
+    )
+    product_numeric: list[str] = Field(
+        default=[
+            "price",
+            "commission_rate",
+            "tier_score",
+            "brand_awareness",
+            "price_index",
+            "price_vs_platform_low",
+            "positive_review_rate",
+            "refund_rate",
+            "ship_48h_rate",
+        ]
+    )
+    # training
+    lr: float = Field(3e-3, gt=0, description="AdamW learning rate of the MLPs")
+    embedding_lr: float = Field(0.05, gt=0, description="row-wise Adagrad learning rate of embeddings")
+    weight_decay: float = Field(1e-4, ge=0)
+    batch_size: int = Field(2048, gt=1)
+    epochs: int = Field(20, gt=0)
+    patience: int = Field(2, ge=0, description="epochs without val improvement before stopping")
+    logq: bool = True
+    extra_negatives: int = Field(0, ge=0, description="uniformly sampled negatives per batch")
+    max_train_pairs: int = Field(0, ge=0, description="sample this many training pairs (0 = all)")
+    refit_all: bool = Field(True, description="refit the served model on every pair")
+    # evaluation
+    eval_k: list[int] = Field(default=[10, 20, 50, 100])
+    early_stop_k: int = Field(50, gt=0)
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+    test_fraction: float = Field(0.1, gt=0, lt=1)
+    time_test_days: float = Field(14, gt=0, description="protocol (b): the last days are the test")
+    time_val_days: float = Field(7, ge=0)
+    protocols: list[Literal["random", "time"]] = Field(default=["random", "time"])
+    eval_creators: int = Field(20000, ge=0, description="creators scored per test (0 = all)")
+    val_creators: int = Field(4000, ge=0, description="creators scored per early-stop check")
+    eval_batch: int = Field(1024, gt=0)
+    seed: int = 42
+    threads: int = Field(2, gt=0)
+    # baselines
+    baselines: list[Literal["pop", "als", "ease", "itemknn"]] = Field(
+        default=["pop", "als", "ease"]
+    )
+    als_factors: int = Field(64, gt=0)
+    als_regularization: float = Field(0.05, ge=0)
+    als_alpha: float = Field(10.0, gt=0)
+    als_iterations: int = Field(15, gt=0)
+    ease_lambda: float = Field(500.0, gt=0)
+    ease_max_products: int = Field(20000, gt=0, description="larger catalogs use ItemKNN")
+    itemknn_neighbors: int = Field(100, gt=0)
+
+
+class BrokersConfig(StrictModel):
+    """Broker matchmaking (`haowu match-brokers`): capacities, solver, expected value.
+    Exclusions are the policy's (`policy.exclude_tiers`, `policy.exclude_flagged`)."""
+
+    max_goods_per_creator: int = Field(10, gt=0, description="a (median) creator's goods")
+    max_creators_per_product: int = Field(3, gt=0)
+    capacity_followers_exponent: float = Field(
+        0.0, ge=0, le=2, description="creator cap scales as (followers / median) ** this"
+    )
+    creator_capacity_limit: int = Field(30, gt=0, description="bound of a follower-scaled cap")
+    exact_max_pairs: int = Field(400_000, ge=0, description="above: greedy instead of the LP")
+    measure_greedy_gap: bool = True
+    affinity_normalisation: Literal["catalog", "broker"] = "catalog"
+    normaliser_sample: int = Field(4096, gt=0)
+    conversion_weight: float = Field(1.0, ge=0)
+    commission_weight: float = Field(0.5, ge=0)
+    reach_weight: float = Field(0.0, ge=0)
+    conversion_prior_strength: float = Field(5.0, ge=0)
+    random_repeats: int = Field(3, gt=0)
+    seed: int = 42
+
+
+class IndexConfig(StrictModel):
+    """Retrieval index over embeddings (models/index.py); see configs/index/default.yaml."""
+
+    kind: Literal["auto", "flat", "ivf_flat", "ivf_sq8", "ivf_pq_refine"] = "auto"
+    flat_max_items: int = Field(50_000, ge=0)
+    ivf_flat_max_items: int = Field(1_000_000, ge=0)
+    nlist_per_sqrt: float = Field(4.0, gt=0)
+    min_nlist: int = Field(64, gt=0)
+    max_nlist: int = Field(4096, gt=0)
+    train_points_per_list: int = Field(40, ge=39)
+    norm_augment: bool = True
+    coarse_quantizer: Literal["flat", "hnsw"] = "flat"
+    hnsw_m: int = Field(32, gt=1)
+    hnsw_ef_search: int = Field(64, gt=0)
+    pq_dims_per_code: int = Field(1, gt=0)
+    refine_k_factor: float = Field(2.0, ge=1)
+    default_nprobe: int = Field(16, gt=0)
+    target_recall: float = Field(0.95, gt=0, le=1)
+    tune_margin: float = Field(0.01, ge=0, lt=1)
+    tune_k: int = Field(100, gt=0)
+    tune_queries: int = Field(1000, gt=0)
+    add_batch: int = Field(1_000_000, gt=0)
+    threads: int = Field(2, gt=0)
+    seed: int = 0
+
+
+class PolicyConfig(StrictModel):
+    """Filters, Selected Goods boost and diversity (models/policy.py)."""
+
+    overfetch: float = Field(2.0, ge=1)
+    max_ann_fetch: int = Field(2000, gt=0)
+    exclude_seen: bool = True
+    exclude_tiers: list[int] = Field(default=[0])
+    exclude_flagged: bool = True
+    selected_tier: int = Field(5, ge=0, le=5)
+    selected_boost: float = Field(0.5, ge=0)
+    min_selected_share: float = Field(0.1, ge=0, le=1)
+    diversity_method: Literal["mmr_sort", "mmr", "cap", "none"] = "mmr_sort"
+    diversity_level: Literal["category_l1", "category_l2", "category_l3"] = "category_l3"
+    category_cap_share: float = Field(0.1, gt=0, le=1)
+    mmr_lambda: float = Field(0.7, ge=0, le=1)
+
+
+class TierModelParams(StrictModel):
+    """The tier model's knobs; saved beside the booster, so loading rebuilds the same model."""
+
+    ordinal: Literal["cumulative", "regression"] = Field(
+        "cumulative",
+        description="cumulative: one binary booster per P(tier > k), score = sum of the "
+        "probabilities; regression: one booster on the label",
+    )
+    interactions: Literal["dimension", "free"] = Field(
+        "dimension", description="dimension: each tree splits on one dimension's indicators"
+    )
+    num_boost_round: int = Field(3000, gt=0)
+    early_stopping_rounds: int = Field(100, gt=0)
+    cold_augment_share: float = Field(
+        0.3, ge=0, le=1, description="training rows copied with sales history masked"
+    )
+    cut_rounds: int = Field(4, ge=0)
+    cut_candidates: int = Field(64, gt=1)
+    l5_target_precision: float = Field(0.9, gt=0, le=1)
+    l5_min_support: int = Field(20, gt=0)
+    train_threads: int = Field(1, gt=0)
+    score_threads: int = Field(2, gt=0)
+    explain_block_rows: int = Field(65536, gt=0)
+    max_table_cells: int = Field(
+        4_000_000, gt=0, description="largest per-dimension lookup table compiled for scoring"
+    )
+    lightgbm: dict[str, Any] = Field(
+        default={"objective": "regression", "learning_rate": 0.1, "num_leaves": 15},
+        description="passed to lightgbm.train; constraints are set by the model",
+    )
+
+
+class SelectedGoodsParams(StrictModel):
+    """The Selected Goods campaign pool (`haowu selected-goods`)."""
+
+    category_column: str = "category_l1"
+    quota_per_category: int = Field(0, ge=0, description="0: no quota")
+    min_commission: float = Field(0.0, ge=0, le=1)
+
+
+class TierBenchParams(StrictModel):
+    """`haowu bench tier`: synthetic indicator rows scored in chunks."""
+
+    rows: int = Field(10_000_000, gt=0)
+    chunk_rows: int = Field(1_000_000, gt=0)
+    fit_rows: int = Field(20_000, gt=0)
+    missing_share: float = Field(0.04, ge=0, lt=1)
+    no_history_share: float = Field(0.03, ge=0, lt=1)
+    seed: int = 7
+
+
+class TierConfig(StrictModel):
+    """Five-dimension product tiering (`haowu train-tier`)."""
+
+    seed: int = 42
+    valid_fraction: float = Field(0.2, gt=0, lt=1)
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    min_labels_per_tier: int = Field(5, ge=3)
+    chunk_rows: int = Field(1_000_000, gt=0)
+    scaler_grid_points: int = Field(1001, gt=1)
+    sample_rows: int = Field(1000, ge=0)
+    input_example_rows: int = Field(5, gt=0)
+    plot_dpi: int = Field(110, gt=0)
+    model: TierModelParams = TierModelParams()
+    selected_goods: SelectedGoodsParams = SelectedGoodsParams()
+    bench: TierBenchParams = TierBenchParams()
+
+
 class Settings(StrictModel):
     """Every group a job may read. Later groups default so old configs keep loading."""
 
     data: DataConfig
+    tier: TierConfig = TierConfig()
     registry: RegistryConfig = RegistryConfig()
+    matching: MatchingConfig = MatchingConfig()
+    brokers: BrokersConfig = BrokersConfig()
+    index: IndexConfig = IndexConfig()
+    policy: PolicyConfig = PolicyConfig()
 
 
 GROUPS: tuple[str, ...] = tuple(Settings.model_fields)
@@ -83,7 +495,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(loaded, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
+        raise ConfigError(
+            f"{path}: expected a mapping at the top level, got {type(loaded).__name__}"
+        )
     return loaded
 
 

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from features.errors import ConfigError
-from features.settings import CONFIG_DIR, PRESETS, GROUPS, load_settings, parse_override
+from features.settings import CONFIG_DIR, GROUPS, PRESETS, load_settings, parse_override
 
 
 @pytest.mark.parametrize("preset", PRESETS)
