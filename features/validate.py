@@ -57,6 +57,15 @@ def _schema_error(spec: TableSpec, path: Path, batch: pd.DataFrame, exc: pae.Sch
     return ContractError(spec.name, f"rule {check} violated: {first['failure_case']}", column=column, path=str(path))
 
 
+def check_schema(df: pd.DataFrame, spec: TableSpec, path: Path | str) -> None:
+    """Check a frame against `spec`'s schema (types, ranges, nulls); the first rule
+    broken raises a `ContractError` naming `path`, the column and offending rows."""
+    try:
+        spec.schema.validate(df, lazy=True)
+    except pae.SchemaErrors as exc:
+        raise _schema_error(spec, Path(path), df, exc) from None
+
+
 def _key_hash(batch: pd.DataFrame, key: tuple[str, ...]) -> np.ndarray:
     if len(key) == 1:
         return batch[key[0]].to_numpy(dtype=np.int64)
@@ -98,6 +107,19 @@ def _check_references(
             )
 
 
+def _rows_with_keys(
+    root: Path, spec: TableSpec, key_hashes: np.ndarray, batch_rows: int
+) -> list[dict]:
+    """A second pass, only on failure: the rows whose key hash is one of `key_hashes`."""
+    found: list[dict] = []
+    for batch in iter_table(root, spec.name, batch_rows=batch_rows):
+        batch = normalise_dtypes(batch, spec)
+        found += _records(batch, np.isin(_key_hash(batch, spec.key), key_hashes))
+        if len(found) >= MAX_ROWS_SHOWN:
+            break
+    return found[:MAX_ROWS_SHOWN]
+
+
 def validate_table(
     root: Path, spec: TableSpec, keys: dict[str, np.ndarray], batch_rows: int = 2_000_000
 ) -> tuple[TableReport, np.ndarray]:
@@ -118,10 +140,7 @@ def validate_table(
                disable=total < 5 * batch_rows)
     for batch in iter_table(root, spec.name, batch_rows=batch_rows):
         batch = normalise_dtypes(batch, spec)
-        try:
-            spec.schema.validate(batch, lazy=True)
-        except pae.SchemaErrors as exc:
-            raise _schema_error(spec, path, batch, exc) from None
+        check_schema(batch, spec, path)
         if spec.unique_key:
             _check_batch_duplicates(spec, path, batch)
             hashes.append(_key_hash(batch, spec.key))
@@ -133,8 +152,10 @@ def validate_table(
         all_keys = np.sort(np.concatenate(hashes))
         repeats = int((all_keys[1:] == all_keys[:-1]).sum())
         if repeats:
+            dup = all_keys[1:][all_keys[1:] == all_keys[:-1]]
             raise ContractError(
-                spec.name, f"duplicate key {spec.key} across parts", column=spec.key[0], path=str(path), total=repeats
+                spec.name, f"duplicate key {spec.key} across parts", column=spec.key[0], path=str(path),
+                total=repeats, rows=_rows_with_keys(root, spec, dup[:MAX_ROWS_SHOWN], batch_rows),
             )
         unique = all_keys if len(spec.key) == 1 else unique
     return TableReport(spec.name, str(path), total, columns), unique
