@@ -1,0 +1,76 @@
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from models.baselines import (
+    ALSRecommender,
+    EASERecommender,
+    ItemKNNRecommender,
+    PopularityRecommender,
+)
+from models.recommender import EmbeddingRecommender, Recommender, RecommenderError
+from tests.models.recommender_contract import RecommenderContract, contract_matrix
+
+
+class TestPopularity(RecommenderContract):
+    def make(self) -> Recommender:
+        return PopularityRecommender()
+
+    def test_most_popular_first(self) -> None:
+        train = sp.csr_matrix(np.array([[1, 1, 0], [0, 1, 0], [0, 1, 1]], dtype=np.float32))
+        positions, _ = PopularityRecommender().fit(train).recommend(np.array([0]), 1)
+        assert positions[0, 0] == 1
+
+
+class TestALS(RecommenderContract):
+    def make(self) -> Recommender:
+        return ALSRecommender(factors=8, iterations=5, threads=1)
+
+    def test_learns_the_groups(self) -> None:
+        train = contract_matrix()
+        model = ALSRecommender(factors=8, iterations=10, alpha=1.0, threads=1).fit(train)
+        positions, _ = model.recommend(np.arange(20), 5, exclude=train[:20])
+        same_group = (positions % 2) == (np.arange(20) % 2)[:, None]
+        assert same_group.mean() > 0.75
+
+
+class TestEASE(RecommenderContract):
+    def make(self) -> Recommender:
+        return EASERecommender(lambda_=10.0)
+
+    def test_too_many_products_is_a_clear_error(self) -> None:
+        with pytest.raises(RecommenderError, match="ItemKNN"):
+            EASERecommender(max_products=10).fit(contract_matrix())
+
+
+class TestItemKNN(RecommenderContract):
+    def make(self) -> Recommender:
+        return ItemKNNRecommender(neighbors=10, threads=1)
+
+
+class TestEmbedding(RecommenderContract):
+    def make(self) -> Recommender:
+        return _FittableEmbedding()
+
+
+class _FittableEmbedding(EmbeddingRecommender):
+    """EmbeddingRecommender is exported, not fitted; for the contract, 'fit' = SVD."""
+
+    kind = "test_embedding"
+
+    def fit(self, train, val=None):
+        u, s, vt = np.linalg.svd(train.toarray(), full_matrices=False)
+        self.creator_vectors = (u[:, :4] * s[:4]).astype(np.float32)
+        self.product_vectors = vt[:4].T.astype(np.float32).copy()
+        self.n_products = train.shape[1]
+        return self
+
+
+def test_embedding_recommender_refuses_fit() -> None:
+    with pytest.raises(RecommenderError, match="exported"):
+        EmbeddingRecommender().fit(contract_matrix())
+
+
+def test_load_unknown_folder(tmp_path) -> None:
+    with pytest.raises(RecommenderError, match="no saved recommender"):
+        Recommender.load(tmp_path)

@@ -1,0 +1,149 @@
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from features.settings import MatchingConfig
+from models.recommender import Recommender
+from models.two_tower import TowerSpec, TwoTower, TwoTowerConfig, in_batch_softmax_loss
+from tests.models.recommender_contract import (
+    N_CREATORS,
+    N_PRODUCTS,
+    RecommenderContract,
+    contract_matrix,
+)
+from training.two_tower_train import TwoTowerRecommender
+
+
+def _lse(xs: list[float]) -> float:
+    return math.log(sum(math.exp(x) for x in xs))
+
+
+def test_loss_with_logq_on_a_hand_checked_batch() -> None:
+    # two creators, two products; unit vectors so logits are cosines / T
+    creator = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    product = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    log_q = torch.log(torch.tensor([0.5, 0.1]))
+    t = 0.5
+    loss = in_batch_softmax_loss(creator, product, log_q, t)
+    # row 0: logits [1/t - log .5, .6/t - log .1]; target 0
+    r0 = [1 / t - math.log(0.5), 0.6 / t - math.log(0.1)]
+    # row 1: logits [0/t - log .5, .8/t - log .1]; target 1
+    r1 = [0 / t - math.log(0.5), 0.8 / t - math.log(0.1)]
+    expected = ((_lse(r0) - r0[0]) + (_lse(r1) - r1[1])) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    # without the correction, the popular product 0 wins more of row 1's mass
+    plain = in_batch_softmax_loss(creator, product, None, t)
+    p0 = [1 / t, 0.6 / t]
+    p1 = [0.0, 0.8 / t]
+    assert plain.item() == pytest.approx(((_lse(p0) - p0[0]) + (_lse(p1) - p1[1])) / 2, rel=1e-6)
+
+
+def test_accidental_hits_are_masked() -> None:
+    creator = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    product = torch.tensor([[1.0, 0.0], [1.0, 0.0]])  # the same product twice
+    keys = torch.tensor([7, 7])
+    loss = in_batch_softmax_loss(creator, product, None, 1.0, product_keys=keys)
+    assert loss.item() == pytest.approx(0.0, abs=1e-6)  # each row has only its positive
+
+
+def test_extra_negatives_join_the_softmax() -> None:
+    creator = torch.tensor([[1.0, 0.0]])
+    product = torch.tensor([[1.0, 0.0]])
+    extra = torch.tensor([[0.0, 1.0]])
+    loss = in_batch_softmax_loss(
+        creator, product, torch.zeros(1), 1.0, extra=extra, extra_log_q=torch.zeros(1)
+    )
+    assert loss.item() == pytest.approx(_lse([1.0, 0.0]) - 1.0, rel=1e-6)
+
+
+def test_towers_are_normalised_and_id_dropout_only_trains() -> None:
+    cfg = TwoTowerConfig(
+        TowerSpec(10, [4], 2),
+        TowerSpec(20, [3, 5], 1),
+        id_dim=8,
+        side_dim=4,
+        hidden=[16],
+        out_dim=8,
+        id_dropout=1.0,
+    )
+    model = TwoTower(cfg)
+    ids, cats, nums = torch.tensor([1, 2, 3]), torch.tensor([[1], [2], [3]]), torch.randn(3, 2)
+    model.eval()
+    out = model.creator_tower(ids, cats, nums)  # (3, 8)
+    assert out.shape == (3, 8)
+    torch.testing.assert_close(out.norm(dim=1), torch.ones(3))
+    oov = model.creator_tower(torch.zeros(3, dtype=torch.long), cats, nums)
+    assert not torch.allclose(out, oov)  # eval: real IDs are used
+    model.train()
+    torch.testing.assert_close(model.creator_tower(ids, cats, nums), oov)  # dropout 1: all OOV
+
+
+def test_config_round_trip() -> None:
+    cfg = TwoTowerConfig(TowerSpec(10, [4], 2), TowerSpec(20, [3, 5], 1), hidden=[32, 16])
+    assert TwoTowerConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def _frames() -> tuple[pd.DataFrame, pd.DataFrame]:
+    rng = np.random.default_rng(0)
+    creators = pd.DataFrame(
+        {
+            "category_pref": np.arange(N_CREATORS) % 2,
+            "followers": rng.integers(10, 10_000, N_CREATORS),
+        }
+    )
+    products = pd.DataFrame(
+        {"category_l3": np.arange(N_PRODUCTS) % 2, "price": rng.uniform(1, 100, N_PRODUCTS)}
+    )
+    return creators, products
+
+
+def _tiny_cfg(**update) -> MatchingConfig:
+    base = dict(
+        id_dim=8,
+        side_dim=4,
+        hidden=[16],
+        out_dim=8,
+        batch_size=64,
+        epochs=3,
+        val_creators=0,
+        threads=1,
+    )
+    return MatchingConfig(**{**base, **update})
+
+
+class TestTwoTower(RecommenderContract):
+    def make(self) -> Recommender:
+        creators, products = _frames()
+        return TwoTowerRecommender(_tiny_cfg(), creators, products, progress=False)
+
+    def test_export_matches_scores(self, fitted) -> None:
+        model, _ = fitted
+        creators = np.arange(5)
+        np.testing.assert_allclose(model.export().score(creators), model.score(creators), rtol=1e-6)
+
+
+def test_cold_product_gets_an_embedding_from_features() -> None:
+    creators, products = _frames()
+    train = contract_matrix().tolil()
+    train[:, 39] = 0  # product 39 is never promoted: a cold good
+    model = TwoTowerRecommender(
+        _tiny_cfg(epochs=5, id_dropout=0.3), creators, products, progress=False
+    ).fit(train.tocsr())
+    assert model.encoders.product_ids.rows[39] == 0  # the OOV row
+    assert np.isfinite(model.product_vectors[39]).all()
+    assert not np.allclose(model.product_vectors[39], model.product_vectors[38])
+
+
+def test_early_stopping_keeps_the_best_epoch() -> None:
+    creators, products = _frames()
+    train = contract_matrix(0)
+    val = contract_matrix(1) - train.multiply(contract_matrix(1))
+    model = TwoTowerRecommender(
+        _tiny_cfg(epochs=6, patience=0, early_stop_k=5), creators, products, progress=False
+    ).fit(train, val.tocsr())
+    recalls = [h["val_recall"] for h in model.history]
+    assert model.best_epoch == int(np.argmax(recalls)) + 1
+    assert len(model.history) <= 6

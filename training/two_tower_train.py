@@ -1,0 +1,324 @@
+"""Training the two-tower model behind the recommender interface.
+
+`TwoTowerRecommender.fit(train, val)`: fit the encoders on the training rows, then
+AdamW (MLPs) + row-wise Adagrad (embedding tables) over shuffled training pairs, in-batch
+sampled softmax with logQ correction, early stopping on validation Recall@K, keeping
+the best epoch's weights. After fitting, every creator and product is embedded once
+(`export`), so scoring is a matrix product: the serve-time form is an
+`EmbeddingRecommender`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from tqdm.auto import tqdm
+
+from features.encoders import IdEncoder, SideEncoder, SideFeatures, TowerEncoders
+from features.settings import MatchingConfig
+from models.recommender import EmbeddingRecommender, Recommender, RecommenderError
+from models.two_tower import TowerSpec, TwoTower, TwoTowerConfig, in_batch_softmax_loss
+from training.optim import RowWiseAdagrad
+
+log = logging.getLogger(__name__)
+
+EMBED_BATCH = 65536
+
+
+class TowerInputs:
+    """Encoded inputs of one tower for every position, as tensors to gather batches from."""
+
+    def __init__(self, ids: IdEncoder, side: SideFeatures) -> None:
+        self.ids = torch.from_numpy(ids.rows)  # (n,)
+        self.categorical = torch.from_numpy(side.categorical)  # (n, n_cat)
+        self.numeric = torch.from_numpy(side.numeric)  # (n, n_num)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def take(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.ids[rows], self.categorical[rows], self.numeric[rows]
+
+
+def _tower_spec(ids: IdEncoder, side: SideEncoder) -> TowerSpec:
+    return TowerSpec(ids.vocab_size, side.cardinalities, len(side.numeric))
+
+
+class TwoTowerRecommender(Recommender):
+    kind = "two_tower"
+
+    def __init__(
+        self,
+        cfg: MatchingConfig,
+        creator_frame: pd.DataFrame | None = None,
+        product_frame: pd.DataFrame | None = None,
+        progress: bool = True,
+        checkpoint_dir: Path | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.creator_frame, self.product_frame = creator_frame, product_frame
+        self.progress, self.checkpoint_dir = progress, checkpoint_dir
+        self.model: TwoTower | None = None
+        self.encoders: TowerEncoders | None = None
+        self.creator_vectors: np.ndarray | None = None
+        self.product_vectors: np.ndarray | None = None
+        self.history: list[dict[str, float]] = []
+        self.best_epoch = 0
+        self.seconds_per_epoch = 0.0
+
+    # --- fitting -----------------------------------------------------------------------
+
+    def fit(self, train: sp.csr_matrix, val: sp.csr_matrix | None = None) -> TwoTowerRecommender:
+        """Train on `train`; `val` (held-out pairs, same shape) drives early stopping."""
+        threads = torch.get_num_threads()
+        torch.set_num_threads(self.cfg.threads)  # 2 cores: more threads only contend
+        try:
+            return self._fit(train, val)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _fit(self, train: sp.csr_matrix, val: sp.csr_matrix | None) -> TwoTowerRecommender:
+        cfg = self.cfg
+        n_creators, n_products = train.shape
+        creator_frame = (
+            self.creator_frame
+            if self.creator_frame is not None
+            else pd.DataFrame(index=range(n_creators))
+        )
+        product_frame = (
+            self.product_frame
+            if self.product_frame is not None
+            else pd.DataFrame(index=range(n_products))
+        )
+        if len(creator_frame) != n_creators or len(product_frame) != n_products:
+            raise RecommenderError(
+                f"side frames have {len(creator_frame)}/{len(product_frame)} rows for a "
+                f"{n_creators}x{n_products} matrix"
+            )
+        torch.manual_seed(cfg.seed)
+        rng = np.random.default_rng(cfg.seed)
+        coo = train.tocoo()
+        creator, product = coo.row.astype(np.int64), coo.col.astype(np.int64)
+        if len(creator) == 0:
+            raise RecommenderError("no training pairs")
+        if cfg.max_train_pairs and len(creator) > cfg.max_train_pairs:
+            keep = rng.choice(len(creator), cfg.max_train_pairs, replace=False)
+            creator, product = creator[keep], product[keep]
+
+        self.encoders = TowerEncoders(
+            IdEncoder.fit(n_creators, creator, cfg.min_id_count),
+            IdEncoder.fit(n_products, product, cfg.min_id_count),
+            SideEncoder.fit(
+                creator_frame, np.unique(creator), cfg.creator_categorical, cfg.creator_numeric
+            ),
+            SideEncoder.fit(
+                product_frame, np.unique(product), cfg.product_categorical, cfg.product_numeric
+            ),
+        )
+        enc = self.encoders
+        creators_in = TowerInputs(enc.creator_ids, enc.creator_side.transform(creator_frame))
+        products_in = TowerInputs(enc.product_ids, enc.product_side.transform(product_frame))
+        log.info(
+            "two-tower inputs: creator %s + %s, product %s + %s",
+            list(enc.creator_side.categorical),
+            list(enc.creator_side.numeric),
+            list(enc.product_side.categorical),
+            list(enc.product_side.numeric),
+        )
+        self.model = TwoTower(
+            TwoTowerConfig(
+                creator=_tower_spec(enc.creator_ids, enc.creator_side),
+                product=_tower_spec(enc.product_ids, enc.product_side),
+                id_dim=cfg.id_dim,
+                side_dim=cfg.side_dim,
+                hidden=list(cfg.hidden),
+                out_dim=cfg.out_dim,
+                temperature=cfg.temperature,
+                learn_temperature=cfg.learn_temperature,
+                id_dropout=cfg.id_dropout,
+            )
+        )
+        self.n_products = n_products
+        self._train_loop(creator, product, creators_in, products_in, train, val, rng)
+        self._embed_all(creators_in, products_in)
+        return self
+
+    def _log_q(self, product: np.ndarray, n_products: int) -> torch.Tensor:
+        """log of each product's expected count among one batch's candidates."""
+        cfg = self.cfg
+        share = np.bincount(product, minlength=n_products) / len(product)
+        expected = cfg.batch_size * share + cfg.extra_negatives / n_products
+        return torch.from_numpy(np.log(np.maximum(expected, 1e-12)).astype(np.float32))
+
+    def _train_loop(
+        self,
+        creator: np.ndarray,
+        product: np.ndarray,
+        creators_in: TowerInputs,
+        products_in: TowerInputs,
+        train: sp.csr_matrix,
+        val: sp.csr_matrix | None,
+        rng: np.random.Generator,
+    ) -> None:
+        from training.evaluate import EvalTask, evaluate
+
+        cfg, model = self.cfg, self.model
+        assert model is not None
+        dense_opt = torch.optim.AdamW(
+            model.dense_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
+        )
+        sparse_opt = RowWiseAdagrad(model.sparse_parameters(), lr=cfg.embedding_lr)
+        log_q = self._log_q(product, len(products_in)) if cfg.logq else None
+        creator_t, product_t = torch.from_numpy(creator), torch.from_numpy(product)
+
+        val_task = None
+        if val is not None and val.nnz and cfg.patience >= 0:
+            rows = np.flatnonzero(np.diff(val.indptr) > 0)
+            if cfg.val_creators and len(rows) > cfg.val_creators:
+                rows = np.sort(rng.choice(rows, cfg.val_creators, replace=False))
+            val_task = EvalTask("val", rows, val, train)
+        best_state, best_recall, stale = None, -1.0, 0
+        n_batches = max(len(creator) // cfg.batch_size, 1)  # drop the ragged last batch
+        self.history, started = [], time.perf_counter()
+        for epoch in range(1, cfg.epochs + 1):
+            model.train()
+            order = torch.from_numpy(rng.permutation(len(creator)))
+            total, t0 = 0.0, time.perf_counter()
+            bar = tqdm(
+                range(n_batches), desc=f"epoch {epoch}", leave=False, disable=not self.progress
+            )
+            for b in bar:
+                idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+                c, p = creator_t[idx], product_t[idx]
+                u = model.creator_tower(*creators_in.take(c))  # (B, d)
+                v = model.product_tower(*products_in.take(p))  # (B, d)
+                extra = extra_q = None
+                if cfg.extra_negatives:
+                    neg = torch.randint(0, len(products_in), (cfg.extra_negatives,))
+                    extra = model.product_tower(*products_in.take(neg))  # (M, d)
+                    extra_q = log_q[neg] if log_q is not None else None
+                loss = in_batch_softmax_loss(
+                    u,
+                    v,
+                    log_q[p] if log_q is not None else None,
+                    model.temperature,
+                    product_keys=p,
+                    extra=extra,
+                    extra_log_q=extra_q,
+                )
+                dense_opt.zero_grad(set_to_none=True)
+                sparse_opt.zero_grad(set_to_none=True)
+                loss.backward()
+                dense_opt.step()
+                sparse_opt.step()
+                total += loss.item()
+                if b % 50 == 0:
+                    bar.set_postfix(loss=f"{total / (b + 1):.3f}")
+            record = {
+                "epoch": epoch,
+                "loss": total / n_batches,
+                "seconds": time.perf_counter() - t0,
+            }
+            if val_task is not None:
+                self._embed_all(creators_in, products_in, creators=val_task.creators)
+                result = evaluate(self.export(), val_task, [cfg.early_stop_k], batch=cfg.eval_batch)
+                record["val_recall"] = result.metrics[f"recall@{cfg.early_stop_k}"]
+            self.history.append(record)
+            log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in record.items()})
+            self._checkpoint(epoch, record)
+            if val_task is None:
+                self.best_epoch = epoch
+                continue
+            if record["val_recall"] > best_recall:
+                best_recall, stale, self.best_epoch = record["val_recall"], 0, epoch
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                stale += 1
+                if stale > cfg.patience:
+                    log.info("early stop: no better val recall for %d epoch(s)", stale)
+                    break
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        self.seconds_per_epoch = (time.perf_counter() - started) / max(len(self.history), 1)
+
+    def _checkpoint(self, epoch: int, record: dict[str, float]) -> None:
+        if self.checkpoint_dir is None or self.model is None:
+            return
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        torch.save(
+            {"epoch": epoch, "record": record, "model": self.model.state_dict()},
+            self.checkpoint_dir / "last.pt",
+        )
+
+    # --- embedding ---------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _embed(self, tower: torch.nn.Module, inputs: TowerInputs, rows: np.ndarray) -> np.ndarray:
+        out = np.empty((len(rows), self.cfg.out_dim), dtype=np.float32)
+        for start in range(0, len(rows), EMBED_BATCH):
+            chunk = torch.from_numpy(rows[start : start + EMBED_BATCH])
+            out[start : start + len(chunk)] = tower(*inputs.take(chunk)).numpy()
+        return out
+
+    def _embed_all(
+        self, creators_in: TowerInputs, products_in: TowerInputs, creators: np.ndarray | None = None
+    ) -> None:
+        """Embed all products and all (or the given) creators; scores are cos / T."""
+        assert self.model is not None
+        self.model.eval()
+        scale = float(1.0 / self.model.temperature)
+        self.product_vectors = self._embed(
+            self.model.product_tower, products_in, np.arange(len(products_in))
+        )
+        rows = np.arange(len(creators_in)) if creators is None else creators
+        vectors = self._embed(self.model.creator_tower, creators_in, rows) * scale
+        if creators is None:
+            self.creator_vectors = vectors
+        else:
+            self.creator_vectors = np.zeros((len(creators_in), vectors.shape[1]), np.float32)
+            self.creator_vectors[creators] = vectors
+
+    def export(self) -> EmbeddingRecommender:
+        """The serve-time form: precomputed embeddings, scores = dot products."""
+        if self.product_vectors is None:
+            raise RecommenderError("TwoTowerRecommender is not fitted")
+        return EmbeddingRecommender(self.creator_vectors, self.product_vectors)
+
+    def score(self, creators: np.ndarray) -> np.ndarray:
+        return self.export().score(creators)
+
+    # --- persistence -------------------------------------------------------------------
+
+    def _save(self, path: Path) -> dict[str, Any]:
+        if self.model is None or self.encoders is None:
+            raise RecommenderError("TwoTowerRecommender is not fitted")
+        torch.save(self.model.state_dict(), path / "weights.pt")
+        (path / "model_config.json").write_text(json.dumps(self.model.cfg.to_dict(), indent=2))
+        (path / "matching_config.json").write_text(self.cfg.model_dump_json(indent=2))
+        (path / "encoders.json").write_text(json.dumps(self.encoders.to_dict()))
+        self.export()._save(path)
+        return {"best_epoch": self.best_epoch, "history": self.history}
+
+    @classmethod
+    def _load(cls, path: Path, meta: dict[str, Any]) -> TwoTowerRecommender:
+        cfg = MatchingConfig.model_validate_json((path / "matching_config.json").read_text())
+        model = cls(cfg, progress=False)
+        model.model = TwoTower(
+            TwoTowerConfig.from_dict(json.loads((path / "model_config.json").read_text()))
+        )
+        model.model.load_state_dict(torch.load(path / "weights.pt", weights_only=True))
+        model.model.eval()
+        model.encoders = TowerEncoders.from_dict(json.loads((path / "encoders.json").read_text()))
+        emb = EmbeddingRecommender._load(path, meta)
+        model.creator_vectors, model.product_vectors = emb.creator_vectors, emb.product_vectors
+        model.best_epoch, model.history = meta.get("best_epoch", 0), meta.get("history", [])
+        return model
