@@ -160,6 +160,9 @@ def pipeline(
     from features.steps import StepLedger
     from features.synthetic import generate as run_generate
     from features.validate import validate_dir
+    from serving.recommend import run as run_recommend
+    from training.matching_job import run as run_matching
+    from training.tier_job import run as run_tier
 
     cfg = settings(preset, config, set_)
     ledger = StepLedger(out, force=force)
@@ -167,6 +170,15 @@ def pipeline(
     steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [
         ("generate", lambda: run_generate(cfg.data, data_dir, overwrite=True)),
         ("validate", lambda: {k: r.rows for k, r in validate_dir(data_dir).items()}),
+        ("train-tier", lambda: run_tier(cfg, data_dir, out / "tier", overwrite=True)),
+        ("train-matching", lambda: run_matching(
+            cfg, data_dir, out / "matching",
+            tiers=out / "tier" if (out / "tier" / "tiers.parquet").is_file() else None,
+            overwrite=True,
+        )),
+        ("recommend", lambda: run_recommend(
+            data_dir, out / "matching", out / "lists" / "creator", overwrite=True
+        )),
     ]
     total = len(steps)
     for i, (name, step) in enumerate(steps, 1):
@@ -177,13 +189,260 @@ def pipeline(
         typer.echo(f"[{i}/{total}] {name}: {state}")
     typer.echo(f"\nresults in {out.resolve()}")
     typer.echo(f"  data:   {data_dir.resolve()}")
+    typer.echo(f"  tier:   {(out / 'tier').resolve()}")
+    typer.echo(f"  matching: {(out / 'matching').resolve()}")
+    typer.echo(f"  lists:  {(out / 'lists' / 'creator').resolve()}")
 
 
 # --- tier commands (train-tier, selected-goods) ---
 
+
+_TIER_ROWS = ("qwk", "macro_f1", "accuracy", "within_one", "l5_precision", "l5_recall")
+
+
+def _tier_table(metrics: dict[str, float]) -> str:
+    """Model | baseline on the test split, its no-history slice and the hidden truth."""
+    groups = [
+        ("test", ""),
+        ("test, no hist.", "cold_"),
+        ("truth", "truth_"),
+        ("truth, no hist.", "cold_truth_"),
+    ]
+    groups = [(title, p) for title, p in groups if f"{p}qwk" in metrics]
+    lines = [f"{'model | baseline':<16}" + "".join(f"{title:>18}" for title, _ in groups)]
+    for name in _TIER_ROWS:
+        cells = "".join(
+            f"{metrics[p + name]:>10.3f} | {metrics.get('baseline_' + p + name, float('nan')):.3f}"
+            for _, p in groups
+        )
+        lines.append(f"{name:<16}{cells}")
+    return "\n".join(lines)
+
+
+@app.command("train-tier")
+@fails_cleanly
+def train_tier(
+    data: Annotated[Path, typer.Option(help="data folder (contract tables)")],
+    out: Annotated[Path, typer.Option(help="run folder to write")],
+    preset: PresetOpt = "small",
+    overwrite: OverwriteOpt = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Fit the five-dimension tier model, evaluate it against the baseline, score every product."""
+    from training.tier_job import run as run_tier
+
+    cfg = settings(preset, config, set_)
+    metrics = run_tier(cfg, data, out, overwrite=overwrite)
+    typer.echo(_tier_table(metrics))
+    typer.echo(
+        f"trees {metrics['trees']:.0f}, trained in {metrics['train_seconds']:.1f}s; "
+        f"scored {metrics['products_scored']:,.0f} products in {metrics['score_seconds']:.1f}s; "
+        f"{metrics['selected_goods']:,.0f} Selected Goods (L5)"
+    )
+    typer.echo(f"wrote {out}/tiers.parquet, metrics.json, plots/, model/ (run id in run.json)")
+
+
+@app.command("selected-goods")
+@fails_cleanly
+def selected_goods(
+    tiers: Annotated[Path, typer.Option(help="a train-tier run folder")],
+    data: Annotated[Path, typer.Option(help="data folder (for categories and commission)")],
+    out: Annotated[Path, typer.Option(help="folder for the campaign pool")],
+    quota: Annotated[int | None, typer.Option(help="most goods per category")] = None,
+    min_commission: Annotated[float | None, typer.Option(help="commission floor, e.g. 0.1")] = None,
+    preset: PresetOpt = "small",
+    overwrite: OverwriteOpt = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Write the Selected Goods campaign pool (L5 goods) with the reason each is in."""
+    from training.selected_goods import run as run_pool
+
+    overrides = list(set_ or [])
+    if quota is not None:
+        overrides.append(f"tier.selected_goods.quota_per_category={quota}")
+    if min_commission is not None:
+        overrides.append(f"tier.selected_goods.min_commission={min_commission}")
+    cfg = settings(preset, config, overrides)
+    summary = run_pool(cfg.tier.selected_goods, tiers, data, out, overwrite=overwrite)
+    typer.echo(
+        f"{summary['pool']:,.0f} of {summary['selected_goods']:,.0f} Selected Goods in the pool "
+        f"across {summary['categories']:.0f} categories (L5 cut {summary['l5_cut']:.3f})"
+    )
+    typer.echo(f"wrote {out}/selected_goods.parquet and summary.json")
+
+
+@bench_app.command("tier")
+@fails_cleanly
+def bench_tier(
+    rows: Annotated[int | None, typer.Option(help="rows (default tier.bench.rows)")] = None,
+    model: Annotated[Path | None, typer.Option(help="a train-tier run (default: stand-in)")] = None,
+    write: Annotated[bool, typer.Option(help="also write the tier table to Parquet")] = True,
+    preset: PresetOpt = "small",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Time tier scoring (score, tier, explanations) of N synthetic rows: rows/s and peak RSS."""
+    from training.tier_bench import bench_tier as run_bench
+
+    cfg = settings(preset, config, set_)
+    model_dir = model / "model" if model else None
+    result = run_bench(cfg.tier, rows or cfg.tier.bench.rows, model_dir, write)
+    for key, value in result.items():
+        typer.echo(f"{key:>24}: {value}")
+
+
 # --- matching commands (train-matching, recommend) ---
 
+
+TiersOpt = Annotated[Path | None, typer.Option(help="a train-tier run folder (tier side features)")]
+
+
+@app.command("train-matching")
+@fails_cleanly
+def train_matching(
+    data: Annotated[Path, typer.Option(help="data folder (contract tables)")],
+    out: Annotated[Path, typer.Option(help="run folder to write")],
+    tiers: TiersOpt = None,
+    preset: PresetOpt = "small",
+    overwrite: OverwriteOpt = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Fit the two-tower model and its baselines, evaluate (random, time, cold), log to MLflow."""
+    from training.matching_bench import check_targets
+    from training.matching_job import run as run_matching
+
+    cfg = settings(preset, config, set_)
+    metrics = run_matching(cfg, data, out, tiers=tiers, overwrite=overwrite)
+    typer.echo((out / "metrics.md").read_text())
+    for key, value in check_targets(metrics).items():
+        typer.echo(f"{key:>40}: {value}")
+    typer.echo(f"wrote {out}/model, metrics.json, metrics.md, recall_*.png (run id in run.json)")
+
+
+@app.command()
+@fails_cleanly
+def recommend(
+    data: Annotated[Path, typer.Option(help="data folder (already-promoted goods are excluded)")],
+    model: Annotated[str, typer.Option(help="a train-matching run folder")],
+    out: Annotated[Path, typer.Option(help="lists folder to write")],
+    k: Annotated[int, typer.Option(help="goods per creator")] = 50,
+    direction: Annotated[str, typer.Option(help="creator | product (product: not yet)")] = (
+        "creator"
+    ),
+    exact: Annotated[bool, typer.Option(help="exact search (ANN comes with the index)")] = True,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Write top-k goods for every creator: OUT/part-*.parquet, then OUT/_SUCCESS."""
+    from serving.recommend import run as run_recommend
+
+    manifest = run_recommend(
+        data, model, out, k=k, direction=direction, exact=exact, overwrite=overwrite
+    )
+    typer.echo(
+        f"{manifest['rows']:,} rows for {manifest['creators']:,} creators in "
+        f"{manifest['parts']} part(s), {manifest['seconds']}s; wrote {out}"
+    )
+
+
+@bench_app.command("train")
+@fails_cleanly
+def bench_train(
+    preset: PresetOpt = "small",
+    data: Annotated[Path | None, typer.Option(help="data folder (default: generate it)")] = None,
+    out: Annotated[Path | None, typer.Option(help="where to write (default: temp)")] = None,
+    epoch_preset: Annotated[
+        str | None, typer.Option(help="also time one training epoch at this preset's scale")
+    ] = "full",
+    epoch_only: Annotated[bool, typer.Option(help="only the epoch timing")] = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Train matching on a preset, print recall vs baselines/oracle and the targets; time
+    one epoch at full scale (sampled steps)."""
+    import shutil
+    import tempfile
+
+    from training.matching_bench import bench_epoch
+    from training.matching_bench import bench_train as run_bench
+
+    if not epoch_only:
+        target = out or Path(tempfile.mkdtemp(prefix=f"haowu-bench-train-{preset}-"))
+        try:
+            result = run_bench(settings(preset, config, set_), data, target)
+        finally:
+            if out is None:
+                shutil.rmtree(target, ignore_errors=True)
+        for key, value in result.items():
+            typer.echo(f"{key:>40}: {value}")
+    if epoch_preset:
+        for key, value in bench_epoch(settings(epoch_preset, config, set_)).items():
+            typer.echo(f"{'epoch ' + key:>40}: {value}")
+
+
 # --- broker commands (match-brokers) ---
+
+
+@app.command("match-brokers")
+@fails_cleanly
+def match_brokers(
+    data: Annotated[Path, typer.Option(help="data folder (creators.broker_id, broker_products)")],
+    model: Annotated[str, typer.Option(help="matching run folder (train-matching RUN_DIR)")],
+    out: Annotated[Path, typer.Option(help="output folder")],
+    tiers: Annotated[
+        Path | None, typer.Option(help="tier run (tiers.parquet): L0 goods are never assigned")
+    ] = None,
+    preset: PresetOpt = "small",
+    overwrite: OverwriteOpt = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Assign each broker's recruited goods to the creators on its roster (max expected value)."""
+    from serving.brokers import run as run_match_brokers
+
+    cfg = settings(preset, config, set_)
+    metrics = run_match_brokers(cfg, data, model, out, tiers=tiers, overwrite=overwrite)
+    for key in ("brokers", "brokers_matched", "brokers_empty", "assignments", "affinity_vs_random",
+                "creator_capacity_use", "product_capacity_use", "greedy_gap", "seconds"):
+        typer.echo(f"{key:>22}: {metrics[key]:.4g}")
+    typer.echo(f"wrote {out}")
+
+
+@bench_app.command("brokers")
+@fails_cleanly
+def bench_brokers(
+    preset: PresetOpt = "small",
+    data: Annotated[Path | None, typer.Option(help="data folder (default: generate one)")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="matching run (default: a stand-in scorer from truth/)")
+    ] = None,
+    tiers: Annotated[Path | None, typer.Option(help="tier run folder")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Time match-brokers over every broker and measure greedy's gap to the exact solver."""
+    import shutil
+    import tempfile
+
+    from serving.brokers_bench import bench_brokers as run_bench
+
+    cfg = settings(preset, config, set_)
+    target = data
+    if data is None:
+        from features.synthetic import generate as run_generate
+
+        target = Path(tempfile.mkdtemp(prefix=f"haowu-bench-{preset}-")) / "data"
+        typer.echo(f"generating {preset} into {target} ...")
+        run_generate(cfg.data, target, progress=False)
+    try:
+        result = run_bench(cfg, target, model, tiers)
+    finally:
+        if data is None:
+            shutil.rmtree(target.parent, ignore_errors=True)
+    for key, value in result.items():
+        typer.echo(f"{key:>36}: {value:.4g}")
 
 
 # --- lifecycle commands (promote, rollback) ---
@@ -213,7 +472,8 @@ def promote(
     set_: SetOpt = None,
 ) -> None:
     """Make a run's model champion if it is no worse than the current one on the gate."""
-    from training.registry import PromotionRefused, promote as run_promote
+    from training.registry import PromotionRefused
+    from training.registry import promote as run_promote
 
     cfg = settings(preset, config, set_)
     try:
@@ -242,6 +502,35 @@ def rollback(
     cfg = settings(preset, config, set_)
     old, new = run_rollback(model, cfg.registry)
     typer.echo(f"{model}: {cfg.registry.champion_alias} v{old} -> v{new}")
+
+
+# --- retrieval commands ---
+
+
+@bench_app.command("index")
+@fails_cleanly
+def bench_index(
+    preset: PresetOpt = "small",
+    k: Annotated[int, typer.Option(help="list length measured (recall@k, policy at k)")] = 100,
+    queries: Annotated[int, typer.Option(help="held-out queries timed (ANN and exact)")] = 1000,
+    direction: Annotated[
+        list[str] | None, typer.Option(help="products | creators (default: both)")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="also write the figures as JSON here")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Build, tune and time the FAISS index on synthetic embeddings of the preset's size."""
+    from features.io import write_json
+    from training.index_bench import run as run_bench
+
+    cfg = settings(preset, config, set_)
+    directions = tuple(direction or ("products", "creators"))
+    result = run_bench(cfg.data, cfg.index, cfg.policy, k=k, n_eval=queries, directions=directions)
+    for key, value in result.items():
+        typer.echo(f"{key:>36}: {value}")
+    if out is not None:
+        write_json(result, out)
 
 
 @bench_app.command("generate")
