@@ -66,7 +66,10 @@ def _check_columns(name: str, path: Path, schema: pa.Schema, columns: list[str] 
     missing = [c for c in columns if c not in schema.names]
     if missing:
         raise ContractError(
-            name, f"missing column(s) {missing}; has {schema.names}", column=missing[0], path=str(path)
+            name,
+            f"missing column(s) {missing}; has {schema.names}",
+            column=missing[0],
+            path=str(path),
         )
 
 
@@ -94,9 +97,18 @@ def iter_table(
         raise ContractError(name, f"unreadable Parquet: {exc}", path=str(path)) from None
 
 
+def _default_mode(base: int) -> int:
+    """`base` under the process umask: what open()/mkdir() would give. mkstemp/mkdtemp
+    create 0600/0700, which would hide outputs from the service's or a colleague's user."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return base & ~umask
+
+
 def _atomic_write_parquet(df: pd.DataFrame, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, _default_mode(0o666))
     os.close(fd)
     try:
         df.to_parquet(tmp, index=False)
@@ -151,6 +163,7 @@ def atomic_output_dir(path: Path, overwrite: bool = False) -> Iterator[Path]:
     ensure_empty_output(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    staging.chmod(_default_mode(0o777))
     try:
         yield staging
     except BaseException:
