@@ -106,9 +106,7 @@ PRODUCT_STATS = TableSpec(
     columns={
         "product_id": _id(),
         "price_index": _nonneg(FLOAT, nullable=True),
-        "price_vs_platform_low": pa.Column(
-            FLOAT, pa.Check.ge(1.0), nullable=True, required=False
-        ),
+        "price_vs_platform_low": pa.Column(FLOAT, pa.Check.ge(1.0), nullable=True, required=False),
         "active_promoters_30d": _nonneg(FLOAT, nullable=True),
         "positive_review_rate": _rate(nullable=True),
         "refund_rate": _rate(nullable=True),
@@ -194,6 +192,23 @@ INDICATORS = (
     "price_index",
     "price_vs_platform_low",
     "commission_rate",
+    "active_promoters_30d",
+    "positive_review_rate",
+    "refund_rate",
+    "ship_48h_rate",
+    "gmv_30d",
+    "conversion_rate",
+)
+# The five dimensions of DESIGN §2: dimension -> its indicators, in contract order.
+DIMENSIONS: dict[str, tuple[str, ...]] = {
+    "brand": ("brand_awareness", "is_official_brand"),
+    "price": ("price_index", "price_vs_platform_low"),
+    "distribution": ("commission_rate", "active_promoters_30d"),
+    "service": ("positive_review_rate", "refund_rate", "ship_48h_rate"),
+    "sales": ("gmv_30d", "conversion_rate"),
+}
+# Indicators that need sales: all missing means the product has no sales history yet.
+HISTORY: tuple[str, ...] = (
     "active_promoters_30d",
     "positive_review_rate",
     "refund_rate",

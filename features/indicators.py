@@ -17,18 +17,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from features.contract import INDICATORS
+from features.contract import DIMENSIONS, HISTORY, INDICATORS
 from features.errors import ContractError
 from features.io import has_table, iter_table, read_table, table_columns
 
-# dimension -> its indicators (DESIGN §2), in contract order
-DIMENSIONS: dict[str, tuple[str, ...]] = {
-    "brand": ("brand_awareness", "is_official_brand"),
-    "price": ("price_index", "price_vs_platform_low"),
-    "distribution": ("commission_rate", "active_promoters_30d"),
-    "service": ("positive_review_rate", "refund_rate", "ship_48h_rate"),
-    "sales": ("gmv_30d", "conversion_rate"),
-}
 DIMENSION_OF: dict[str, str] = {ind: dim for dim, inds in DIMENSIONS.items() for ind in inds}
 # +1: higher raw value is better; -1: lower is better. Oriented value = raw * direction.
 DIRECTION: dict[str, int] = {name: 1 for name in INDICATORS} | {
@@ -36,15 +28,6 @@ DIRECTION: dict[str, int] = {name: 1 for name in INDICATORS} | {
     "price_vs_platform_low": -1,
     "refund_rate": -1,
 }
-# Indicators that need sales: all missing means the product has no sales history yet.
-HISTORY: tuple[str, ...] = (
-    "active_promoters_30d",
-    "positive_review_rate",
-    "refund_rate",
-    "ship_48h_rate",
-    "gmv_30d",
-    "conversion_rate",
-)
 # Which contract table carries each indicator (for error messages and loading).
 SOURCE_TABLE: dict[str, str] = {name: "product_stats" for name in INDICATORS} | {
     "brand_awareness": "merchants",

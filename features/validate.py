@@ -37,7 +37,9 @@ def _records(df: pd.DataFrame, mask: np.ndarray | pd.Series) -> list[dict]:
     return df.loc[np.asarray(mask)].head(MAX_ROWS_SHOWN).to_dict("records")
 
 
-def _schema_error(spec: TableSpec, path: Path, batch: pd.DataFrame, exc: pae.SchemaErrors) -> ContractError:
+def _schema_error(
+    spec: TableSpec, path: Path, batch: pd.DataFrame, exc: pae.SchemaErrors
+) -> ContractError:
     cases = exc.failure_cases
     first = cases.iloc[0]
     column = first["column"] if isinstance(first["column"], str) else None
@@ -45,16 +47,27 @@ def _schema_error(spec: TableSpec, path: Path, batch: pd.DataFrame, exc: pae.Sch
     same = cases[(cases["column"] == first["column"]) & (cases["check"] == first["check"])]
     index = same["index"].dropna()
     if len(index):
-        rows = batch.loc[batch.index.isin(index.astype("int64"))].head(MAX_ROWS_SHOWN).to_dict("records")
+        rows = (
+            batch.loc[batch.index.isin(index.astype("int64"))]
+            .head(MAX_ROWS_SHOWN)
+            .to_dict("records")
+        )
         return ContractError(
-            spec.name, f"rule {check} violated", column=column, rows=rows, path=str(path), total=len(same)
+            spec.name,
+            f"rule {check} violated",
+            column=column,
+            rows=rows,
+            path=str(path),
+            total=len(same),
         )
     if check.startswith("dtype"):
         got = batch[column].dtype if column in batch.columns else "missing"
         rule = f"wrong type: expected {spec.dtypes.get(column)}, got {got}"
         sample = batch[[column]].head(MAX_ROWS_SHOWN).to_dict("records") if column in batch else []
         return ContractError(spec.name, rule, column=column, rows=sample, path=str(path))
-    return ContractError(spec.name, f"rule {check} violated: {first['failure_case']}", column=column, path=str(path))
+    return ContractError(
+        spec.name, f"rule {check} violated: {first['failure_case']}", column=column, path=str(path)
+    )
 
 
 def check_schema(df: pd.DataFrame, spec: TableSpec, path: Path | str) -> None:
@@ -130,14 +143,23 @@ def validate_table(
     missing = [c for c in spec.required if c not in columns]
     if missing:
         raise ContractError(
-            spec.name, f"missing required column(s) {missing}; found {columns}", column=missing[0], path=str(path)
+            spec.name,
+            f"missing required column(s) {missing}; found {columns}",
+            column=missing[0],
+            path=str(path),
         )
     total = count_rows(root, spec.name)
     if total == 0:
         raise ContractError(spec.name, "table is empty", path=str(path))
     hashes: list[np.ndarray] = []
-    bar = tqdm(total=total, desc=f"validate {spec.name}", unit="row", unit_scale=True, leave=False,
-               disable=total < 5 * batch_rows)
+    bar = tqdm(
+        total=total,
+        desc=f"validate {spec.name}",
+        unit="row",
+        unit_scale=True,
+        leave=False,
+        disable=total < 5 * batch_rows,
+    )
     for batch in iter_table(root, spec.name, batch_rows=batch_rows):
         batch = normalise_dtypes(batch, spec)
         check_schema(batch, spec, path)
@@ -154,8 +176,12 @@ def validate_table(
         if repeats:
             dup = all_keys[1:][all_keys[1:] == all_keys[:-1]]
             raise ContractError(
-                spec.name, f"duplicate key {spec.key} across parts", column=spec.key[0], path=str(path),
-                total=repeats, rows=_rows_with_keys(root, spec, dup[:MAX_ROWS_SHOWN], batch_rows),
+                spec.name,
+                f"duplicate key {spec.key} across parts",
+                column=spec.key[0],
+                path=str(path),
+                total=repeats,
+                rows=_rows_with_keys(root, spec, dup[:MAX_ROWS_SHOWN], batch_rows),
             )
         unique = all_keys if len(spec.key) == 1 else unique
     return TableReport(spec.name, str(path), total, columns), unique
@@ -169,7 +195,8 @@ def validate_dir(root: Path, batch_rows: int = 2_000_000) -> dict[str, TableRepo
     present = [name for name in VALIDATION_ORDER if table_path(root, name) is not None]
     if not present:
         raise HaowuError(
-            f"no contract tables in {root}; expected some of {', '.join(VALIDATION_ORDER)} (.parquet)"
+            f"no contract tables in {root}; expected some of "
+            f"{', '.join(VALIDATION_ORDER)} (.parquet)"
         )
     keys: dict[str, np.ndarray] = {}
     reports: dict[str, TableReport] = {}

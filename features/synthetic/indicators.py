@@ -12,21 +12,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from features.contract import HISTORY
 from features.settings import DataConfig
 from features.synthetic.merchants import Merchants
 from features.synthetic.products import Products
 from features.synthetic.sampling import sigmoid
 from features.synthetic.window import DAY, Window
 
-# Sales and service history: absent (NaN, not zero) for cold products.
-HISTORY = (
-    "active_promoters_30d",
-    "positive_review_rate",
-    "refund_rate",
-    "ship_48h_rate",
-    "gmv_30d",
-    "conversion_rate",
-)
 PRICE = ("price_index", "price_vs_platform_low")
 RATE_DECIMALS = 4  # rates and ratios as the platform reports them (also keeps Parquet small)
 STATS_COLUMNS = PRICE + HISTORY

@@ -15,20 +15,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from features.contract import DIMENSIONS
 from features.settings import DataConfig
 from features.synthetic.sampling import seconds_to_timestamps, sigmoid
 from features.synthetic.window import DAY, Window
 
 N_TIERS = 6
 RATE_EPS = 1e-6  # keeps logits of rates that round to exactly 0 or 1 finite
-
-DIMENSIONS: dict[str, tuple[str, ...]] = {
-    "brand": ("brand_awareness", "is_official_brand"),
-    "price": ("price_index", "price_vs_platform_low"),
-    "distribution": ("commission_rate", "active_promoters_30d"),
-    "service": ("positive_review_rate", "refund_rate", "ship_48h_rate"),
-    "sales": ("gmv_30d", "conversion_rate"),
-}
 
 
 def _logit(rate: np.ndarray) -> np.ndarray:
