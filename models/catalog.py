@@ -106,6 +106,7 @@ class ProductCatalog:
     price_band: np.ndarray  # (N,) int8, 0..4
     commission: np.ndarray  # (N,) float32
     _masks: dict[tuple, np.ndarray] = field(default_factory=dict, repr=False)
+    _codes: dict[str, tuple[np.ndarray, int]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.product_ids = np.asarray(self.product_ids, dtype=np.int64)
@@ -177,6 +178,14 @@ class ProductCatalog:
         if name not in CATEGORY_LEVELS:
             raise ValueError(f"unknown category level {name!r}; choose one of {CATEGORY_LEVELS}")
         return getattr(self, name)
+
+    def codes(self, name: str) -> tuple[np.ndarray, int]:
+        """(codes, n_codes): one level's categories as compact codes 0..n_codes-1 (cached)."""
+        if name not in self._codes:
+            _, inverse = np.unique(self.level(name), return_inverse=True)
+            codes = inverse.astype(np.int32)
+            self._codes[name] = (codes, int(codes.max(initial=-1)) + 1)
+        return self._codes[name]
 
     def eligible(
         self,

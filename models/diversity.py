@@ -27,6 +27,13 @@ def cap_for(share: float, k: int) -> int:
     return max(1, int(np.ceil(share * k)))
 
 
+def take_rows(values: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """`np.take_along_axis(values, columns, axis=1)` through one flat gather (no index grids:
+    about twice as fast on (1000, 200) batches)."""
+    n, m = values.shape
+    return values.ravel()[columns + (np.arange(n, dtype=np.int64) * m)[:, None]]
+
+
 def _identity(n: int, m: int) -> np.ndarray:
     return np.broadcast_to(np.arange(m), (n, m)).copy()
 
@@ -53,14 +60,34 @@ def rank_in_category(categories: np.ndarray, valid: np.ndarray) -> np.ndarray:
         return np.zeros((n, m), np.int64)
     cats = _small_ints(np.where(valid, categories, -1))
     order = np.argsort(cats, axis=1, kind="stable")  # by category, relevance order kept inside
-    grouped = np.take_along_axis(cats, order, axis=1)
+    grouped = take_rows(cats, order)
     starts = np.ones((n, m), bool)
     starts[:, 1:] = grouped[:, 1:] != grouped[:, :-1]
     col = np.arange(m)
     group_start = np.maximum.accumulate(np.where(starts, col, 0), axis=1)
-    rank = np.empty((n, m), np.int64)
-    np.put_along_axis(rank, order, col - group_start, axis=1)
-    return rank
+    rank = np.empty(n * m, np.int64)
+    rank[order + (np.arange(n, dtype=np.int64) * m)[:, None]] = col - group_start
+    return rank.reshape(n, m)
+
+
+def first_in_category(codes: np.ndarray, valid: np.ndarray, n_codes: int) -> np.ndarray:
+    """(n, m) bool: the good is the first valid one of its category in its row.
+
+    `codes` are compact (0..n_codes-1). No sort: per row, the smallest column of each
+    code is kept in a small (rows, n_codes) table (about 3x faster than `rank_in_category`).
+    """
+    n, m = codes.shape
+    first = np.zeros((n, m), bool)
+    cols = np.arange(m, dtype=np.int32)
+    step = max(1, 4_000_000 // (n_codes + 1))  # rows per table: at most ~16 MB of int32
+    for lo in range(0, n, step):
+        c, v = codes[lo : lo + step], valid[lo : lo + step]
+        rows = len(c)
+        flat = np.where(v, c, n_codes) + (np.arange(rows, dtype=np.int64) * (n_codes + 1))[:, None]
+        table = np.full(rows * (n_codes + 1), m, np.int32)
+        np.minimum.at(table, flat.ravel(), np.broadcast_to(cols, (rows, m)).ravel())
+        first[lo : lo + step] = (table[flat] == cols) & v
+    return first
 
 
 def cap_rerank(categories: np.ndarray, valid: np.ndarray, cap: int) -> np.ndarray:
@@ -106,7 +133,11 @@ def mmr_rerank(
 
 
 def sorted_mmr_rerank(
-    relevance: np.ndarray, categories: Sequence[np.ndarray], valid: np.ndarray, lam: float
+    relevance: np.ndarray,
+    categories: Sequence[np.ndarray],
+    valid: np.ndarray,
+    lam: float,
+    n_codes: Sequence[int] | None = None,
 ) -> np.ndarray:
     """(n, m) column order of MMR in one sort instead of k greedy steps.
 
@@ -115,7 +146,9 @@ def sorted_mmr_rerank(
     never picked before the best good of its category, and once that one is in, the
     penalty is all the same. Here the similarity is hierarchical, so the penalty is the
     highest level a better good shares (same leaf 1, same l2 2/3, same l1 1/3); that
-    equals greedy MMR for one level and closely follows it for three.
+    equals greedy MMR for one level and closely follows it for three. With `n_codes`
+    (categories given as compact codes, e.g. `ProductCatalog.codes`) it takes the sort-free
+    `first_in_category` path.
     """
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"lam must be in [0, 1], got {lam}")
@@ -125,8 +158,14 @@ def sorted_mmr_rerank(
     rel = _scaled(relevance, valid)
     penalty = np.zeros((n, m))
     shared = 0.0
-    for weight, cats in zip(LEVEL_WEIGHTS, categories, strict=True):  # l1, l2, l3
-        shared += weight
-        penalty = np.where(rank_in_category(cats, valid) > 0, shared, penalty)
-    key = np.where(valid, -(lam * rel - (1 - lam) * penalty), np.inf)
-    return np.argsort(key, axis=1, kind="stable")
+    for level, (weight, cats) in enumerate(zip(LEVEL_WEIGHTS, categories, strict=True)):
+        shared += weight  # l1, l2, l3: a deeper shared level overrides
+        if n_codes is None:
+            repeat = rank_in_category(cats, valid) > 0
+        else:
+            repeat = ~first_in_category(cats, valid, n_codes[level])
+        penalty = np.where(repeat, shared, penalty)
+    # ties go to the more relevant good (columns come in relevance order), as in greedy MMR;
+    # a tiny column term instead of a stable sort: numpy's stable float sort is ~7x slower
+    key = np.where(valid, -(lam * rel - (1 - lam) * penalty), np.inf) + 1e-9 * np.arange(m)
+    return np.argsort(key, axis=1)

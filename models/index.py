@@ -48,6 +48,7 @@ from models.index_kinds import (
     make_index,
     recall_at_k,
     set_threads,
+    squared_norms,
 )
 
 logger = logging.getLogger(__name__)
@@ -242,27 +243,33 @@ class EmbeddingIndex:
             return record
         nlist = int(self.params["nlist"])
         grid = sorted({min(2**i, nlist) for i in range(int(math.log2(nlist)) + 2)})
-        factors = [1.0, 2.0, 4.0] if self.kind == "ivf_pq_refine" else [1.0]
-        record = None
+        factors = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0] if self.kind == "ivf_pq_refine" else [1.0]
+        record = best = None
         for nprobe in grid:
+            previous = -1.0
             for k_factor in factors:
                 self.params.update(nprobe=nprobe, k_factor=k_factor)
                 start = time.perf_counter()
                 found, _ = self.search(sample_queries, k)
                 qps = n / max(time.perf_counter() - start, 1e-9)
                 recall = recall_at_k(found, truth)
-                reached = recall >= target_recall
                 record = TuneRecord(
-                    nprobe, k_factor, round(recall, 5), target_recall, k, n, reached, round(qps, 1)
-                )
+                    nprobe, k_factor, round(recall, 5), target_recall, k, n,
+                    recall >= target_recall, round(qps, 1),
+                )  # fmt: skip
                 logger.debug("tune %s", record)
-                if reached:
+                if best is None or record.recall > best.recall:
+                    best = record
+                # a deeper re-rank stops paying once the probed lists are the limit
+                if record.reached or recall - previous < 0.002:
                     break
+                previous = recall
             if record is not None and record.reached:
                 break
-        assert record is not None
+        assert record is not None and best is not None
         if not record.reached:
-            logger.warning("tune: recall %.4f < target %.3f", record.recall, target_recall)
+            logger.warning("tune: best recall %.4f < target %.3f", best.recall, target_recall)
+            record = best
         self.params.update(nprobe=record.nprobe, k_factor=record.k_factor, tune=asdict(record))
         logger.info("tuned %s: %s", self.kind, record)
         return record
@@ -276,6 +283,16 @@ class EmbeddingIndex:
         if clash.any():
             raise RetrievalError(
                 f"{int(clash.sum())} id(s) already in the index, e.g. {ids[clash][:5].tolist()}"
+            )
+        norm_max = self.params.get("norm_max")
+        longest = float(np.sqrt(squared_norms(vectors).max())) if len(vectors) else 0.0
+        if norm_max and longest > norm_max * 1.001:
+            # the norm column clips at 0: such items are still found, but cells fit them less
+            logger.warning(
+                "added vectors reach norm %.3g, beyond the %.3g seen at build; "
+                "rebuild the index if many do",
+                longest,
+                norm_max,
             )
         self._append(vectors, ids, batch)
 

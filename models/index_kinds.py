@@ -194,13 +194,13 @@ def make_index(vectors: np.ndarray, cfg: IndexConfig) -> tuple[str, faiss.Index,
                 raise RetrievalError(
                     f"pq_dims_per_code={cfg.pq_dims_per_code} does not divide dim {dim}"
                 )
-            index = faiss.IndexRefineFlat(faiss.IndexIVFPQFastScan(quantizer, dim, nlist, m, 4, ip))
+            base = faiss.IndexIVFPQFastScan(quantizer, dim, nlist, m, 4, ip)
+            index = faiss.IndexRefineFlat(base)
+            index.own_fields = True
+            base.this.disown()  # the refine index frees it (disown this proxy, not a downcast copy)
         ivf = ivf_of(index)
         ivf.own_fields = True  # the FAISS objects own their parts: no Python lifetimes to track
         quantizer.this.disown()
-        if isinstance(index, faiss.IndexRefine):
-            index.own_fields = True
-            ivf.this.disown()
         clustering = faiss.IndexFlatIP(dim)  # k-means on BLAS even when HNSW assigns
         if cfg.coarse_quantizer == "hnsw":
             ivf.clustering_index = clustering

@@ -25,8 +25,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from features.settings import PolicyConfig
-from models.catalog import ProductCatalog, RequestFilters
-from models.diversity import cap_for, cap_rerank, mmr_rerank, sorted_mmr_rerank
+from models.catalog import CATEGORY_LEVELS, ProductCatalog, RequestFilters
+from models.diversity import cap_for, cap_rerank, mmr_rerank, sorted_mmr_rerank, take_rows
 from models.index import RetrievalError
 
 __all__ = ["Policy", "ProductCatalog", "RankedLists", "RequestFilters"]
@@ -109,7 +109,7 @@ def _first_k(chosen: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(columns, filled), both (n, k): the chosen columns of each row, left to right."""
     # a stable sort on a 0/1 int8 key is numpy's radix sort: linear, and keeps column order
     keep = np.argsort((~chosen).view(np.int8), axis=1, kind="stable")[:, :k]
-    return keep, np.take_along_axis(chosen, keep, axis=1)
+    return keep, take_rows(chosen, keep)
 
 
 def seen_mask(positions: np.ndarray, found: np.ndarray, seen: sp.csr_matrix) -> np.ndarray:
@@ -118,8 +118,6 @@ def seen_mask(positions: np.ndarray, found: np.ndarray, seen: sp.csr_matrix) -> 
     if seen.shape[0] != n:
         raise ValueError(f"seen has {seen.shape[0]} rows for {n} query rows")
     seen = seen.tocsr()
-    if not seen.has_sorted_indices:
-        seen = seen.sorted_indices()
     width = np.int64(seen.shape[1])
     if not seen.nnz:
         return np.zeros((n, m), bool)
@@ -161,6 +159,10 @@ class Policy:
             )
         if k < 1:
             raise RetrievalError(f"k must be a positive integer, got {k}")
+        if candidate_ids.shape[1] < k:  # fewer candidates than places: pad with empty ones
+            pad = ((0, 0), (0, k - candidate_ids.shape[1]))
+            candidate_ids = np.pad(candidate_ids, pad, constant_values=-1)
+            scores = np.pad(scores, pad, constant_values=-np.inf)
         n, m = candidate_ids.shape
         if seen is not None and seen.shape[1] != len(catalog):
             raise ValueError(f"seen has {seen.shape[1]} columns, the catalog {len(catalog)} goods")
@@ -175,27 +177,27 @@ class Policy:
 
         # Work on column permutations and gather the outputs once at the end.
         order = np.argsort(np.where(ok, -ranking, np.inf), axis=1)  # relevance, invalid last
-        ok_o = np.take_along_axis(ok, order, axis=1)
-        selected_o = np.take_along_axis(selected, order, axis=1)
+        ok_o = take_rows(ok, order)
+        selected_o = take_rows(selected, order)
         relevance_rank: np.ndarray = np.broadcast_to(np.arange(m), (n, m))
         rerank = self._diversify(
             catalog,
-            np.take_along_axis(pos, order, axis=1),
+            take_rows(pos, order),
             ok_o,
-            np.take_along_axis(ranking, order, axis=1),
+            take_rows(ranking, order),
             k,
         )
         if rerank is not None:
-            order = np.take_along_axis(order, rerank, axis=1)
-            ok_o = np.take_along_axis(ok_o, rerank, axis=1)
-            selected_o = np.take_along_axis(selected_o, rerank, axis=1)
+            order = take_rows(order, rerank)
+            ok_o = take_rows(ok_o, rerank)
+            selected_o = take_rows(selected_o, rerank)
             relevance_rank = rerank
         # slot = place in the list before the L5 share, which may hand the last slots to L5
         slot = np.where(ok_o, np.cumsum(ok_o, axis=1) - 1, m + 1)
         chosen, forced = self._with_selected_share(slot, selected_o, ok_o, k)
         keep, kept = _first_k(chosen, k)  # (n, k) columns of `order`, chosen ones in order
         lengths = kept.sum(axis=1)
-        cols = np.take_along_axis(order, keep, axis=1)  # (n, k) columns of the input
+        cols = take_rows(order, keep)  # (n, k) columns of the input
         flat = (np.arange(n)[:, None] * m + cols).ravel()
         pos_k = pos.ravel()[flat].reshape(n, k)
 
@@ -209,10 +211,8 @@ class Policy:
             tier=np.where(kept, catalog.tier[pos_k], -1).astype(np.int8),
             category_l1=np.where(kept, catalog.category_l1[pos_k], -1).astype(np.int32),
             selected_goods=out(selected, False),
-            diversity_slot=kept
-            & (np.take_along_axis(relevance_rank, keep, axis=1) >= k)
-            & ~np.take_along_axis(forced, keep, axis=1),
-            selected_slot=kept & np.take_along_axis(forced, keep, axis=1),
+            diversity_slot=kept & (take_rows(relevance_rank, keep) >= k) & ~take_rows(forced, keep),
+            selected_slot=kept & take_rows(forced, keep),
             lengths=lengths,
             reasons=[None] * n,
         )
@@ -229,15 +229,11 @@ class Policy:
         boost = self.cfg.selected_boost
         if boost <= 0 or not selected.any():
             return scores
-        count = np.maximum(ok.sum(axis=1, keepdims=True), 1)
-        valid = np.where(ok, scores, 0.0)
-        mean = valid.sum(axis=1, keepdims=True) / count
-        spread = np.sqrt(
-            np.maximum(
-                (np.where(ok, scores - mean, 0.0) ** 2).sum(axis=1, keepdims=True) / count, 0
-            )
-        )
-        return np.where(selected, scores + boost * spread, scores).astype(np.float32)
+        count = np.maximum(ok.sum(axis=1, keepdims=True), 1)  # (n, 1)
+        mean = np.where(ok, scores, np.float32(0)).sum(axis=1, keepdims=True) / count
+        centred = np.where(ok, scores - mean, np.float32(0))
+        spread = np.sqrt(np.einsum("ij,ij->i", centred, centred)[:, None] / count)
+        return np.where(selected, scores + np.float32(boost) * spread, scores).astype(np.float32)
 
     def _diversify(
         self, catalog: ProductCatalog, pos: np.ndarray, ok: np.ndarray, ranking: np.ndarray, k: int
@@ -250,9 +246,11 @@ class Policy:
             if cap >= k:
                 return None
             return cap_rerank(catalog.level(cfg.diversity_level)[pos], ok, cap)
-        levels = [catalog.category_l1[pos], catalog.category_l2[pos], catalog.category_l3[pos]]
         if cfg.diversity_method == "mmr_sort":
-            return sorted_mmr_rerank(ranking, levels, ok, cfg.mmr_lambda)
+            coded = [catalog.codes(name) for name in CATEGORY_LEVELS]
+            levels = [codes[pos] for codes, _ in coded]
+            return sorted_mmr_rerank(ranking, levels, ok, cfg.mmr_lambda, [n for _, n in coded])
+        levels = [catalog.category_l1[pos], catalog.category_l2[pos], catalog.category_l3[pos]]
         return mmr_rerank(ranking, levels, ok, cfg.mmr_lambda, k)
 
     def _with_selected_share(

@@ -11,8 +11,10 @@ runs the policy at each knob value and reports, per value:
   re-ranker's hierarchy (same leaf 0, same l2 only 1/3, same l1 only 2/3, else 1);
 - `apply_ms_per_list`: the policy's time per list.
 
-The matching job will call it on real held-out interactions; until then it is tested and
-measured on `training.synthetic_retrieval.diversity_scenario`.
+`held_out_scenario` takes a matching run's own candidates and the random split's test
+pairs it never saw; `training.synthetic_retrieval.diversity_scenario` is a synthetic
+stand-in (tests, and when no such run is at hand). `run` writes the curve, its plot and
+the default knob's point; `haowu bench index --diversity` calls it.
 """
 
 from __future__ import annotations
@@ -25,12 +27,15 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from features.errors import HaowuError
+from features.io import write_json
 from features.settings import PolicyConfig
 from models.catalog import ProductCatalog
 from models.policy import Policy
+from training.synthetic_retrieval import DiversityScenario
 
 CAP_SHARES = (1.0, 0.5, 0.3, 0.2, 0.1, 0.06, 0.04, 0.02)
-MMR_LAMBDAS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.3, 0.1)
+MMR_LAMBDAS = (1.0, 0.9, 0.8, 0.75, 0.7, 0.6, 0.5, 0.3, 0.1)
 
 
 def _pair_share(codes: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -167,3 +172,94 @@ def plot_curve(frame: pd.DataFrame, path: Path, k: int = 50) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+# ------------------------------------------------------------------ the job
+def held_out_scenario(
+    data_dir: Path,
+    model: Path,
+    tiers: Path | None = None,
+    depth: int = 300,
+    n_creators: int = 5000,
+    seed: int = 0,
+) -> DiversityScenario:
+    """A real model's candidates and the pairs it never saw: the run's own random split.
+
+    The run must have served the random-protocol model (`matching.refit_all=false`), so
+    its test pairs are held out; candidates are its top-`depth` goods per creator with
+    the training and validation pairs excluded.
+    """
+    import yaml
+
+    from features.matching_data import load_interactions, product_frame, read_tiers
+    from features.settings import Settings
+    from models.recommender import EmbeddingRecommender
+    from training.splits import random_split
+
+    folder = Path(model)
+    run_dir, model_dir = (
+        (folder.parent, folder) if folder.name == "model" else (folder, folder / "model")
+    )
+    cfg = Settings.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text())).matching
+    if cfg.refit_all or "random" not in cfg.protocols:
+        raise HaowuError(
+            f"{run_dir} served a model refitted on every pair: no held-out truth "
+            "(train it with --set matching.refit_all=false)"
+        )
+    inter = load_interactions(Path(data_dir))
+    if not np.array_equal(inter.products.ids, np.load(model_dir / "product_ids.npy")):
+        raise HaowuError(f"{data_dir} is not the data {run_dir} was trained on")
+    split = random_split(inter, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    truth_all = inter.csr(split.test)
+    seen_all = inter.csr(split.train | split.val)
+    rng = np.random.default_rng(seed)
+    with_truth = np.flatnonzero(np.diff(truth_all.indptr) > 0)
+    creators = np.sort(rng.choice(with_truth, min(n_creators, len(with_truth)), replace=False))
+    served = EmbeddingRecommender._load(model_dir, {})
+    served.n_products = len(inter.products)
+    parts = [  # (500, n_products) scores at a time
+        served.recommend(chunk, depth, exclude=seen_all[chunk])
+        for chunk in np.array_split(creators, max(1, len(creators) // 500))
+    ]
+    positions = np.concatenate([p for p, _ in parts])
+    scores = np.concatenate([s for _, s in parts])
+    frame = product_frame(Path(data_dir), inter.products, read_tiers(tiers))
+    catalog = ProductCatalog.from_frame(frame.assign(product_id=inter.products.ids))
+    ids = np.where(np.isfinite(scores), inter.products.ids[positions], -1)
+    return DiversityScenario(ids, scores, truth_all[creators], catalog)
+
+
+def run(
+    scenario: DiversityScenario,
+    cfg: PolicyConfig,
+    out: Path,
+    k: int = 50,
+    title: str = "",
+    **sweep: Sequence[float] | Sequence[str],
+) -> pd.DataFrame:
+    """The curve over both knobs, written to OUT/diversity_curve.{csv,png,json}.
+
+    The JSON holds the default knob's point (`cfg`'s method and value) beside the
+    unre-ranked lists, so the target (per-list category coverage >= 1.5x at <= 5%
+    relative Recall@k loss) can be read off directly.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    frame = diversity_curve(
+        scenario.candidate_ids, scenario.scores, scenario.truth, scenario.catalog, cfg, k=k, **sweep
+    )  # type: ignore[arg-type]
+    frame.to_csv(out / "diversity_curve.csv", index=False)
+    plot_curve(frame, out / "diversity_curve.png", k=k)
+    knob = "category_cap_share" if cfg.diversity_method == "cap" else "mmr_lambda"
+    default = frame[(frame.method == cfg.diversity_method)
+                    & np.isclose(frame.knob, getattr(cfg, knob))]  # fmt: skip
+    summary = {
+        "title": title,
+        "k": k,
+        "lists": int(len(scenario.candidate_ids)),
+        "depth": int(scenario.candidate_ids.shape[1]),
+        "none": frame.iloc[0].to_dict(),
+        "default": default.iloc[0].to_dict() if len(default) else None,
+    }
+    write_json(summary, out / "diversity_curve.json")
+    return frame

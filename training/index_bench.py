@@ -38,9 +38,16 @@ def _rss() -> int:
     return psutil.Process().memory_info().rss
 
 
-def _timed(fn: Any, *args: Any) -> tuple[Any, float]:
-    start = time.perf_counter()
+CPU: dict[str, float] = {}  # label -> process CPU seconds (all threads) of the last call
+
+
+def _timed(fn: Any, *args: Any, label: str = "") -> tuple[Any, float]:
+    """(result, wall seconds); the CPU seconds go to CPU[label]. On a shared machine the
+    CPU time divided by the threads is what the wall time would be on idle cores."""
+    cpu, start = time.process_time(), time.perf_counter()
     out = fn(*args)
+    if label:
+        CPU[label] = time.process_time() - cpu
     return out, time.perf_counter() - start
 
 
@@ -50,14 +57,16 @@ def bench_direction(
     """Build + tune over `vectors`; recall and q/s on `n_eval` held-out queries."""
     gc.collect()
     rss0 = _rss()
-    index, build_s = _timed(EmbeddingIndex.build, vectors, np.arange(len(vectors)), cfg)
+    index, build_s = _timed(
+        EmbeddingIndex.build, vectors, np.arange(len(vectors)), cfg, label="build"
+    )
     rss_build = _rss() - rss0
     tune_q, eval_q = queries[: cfg.tune_queries], queries[cfg.tune_queries :][:n_eval]
     record, tune_s = _timed(index.tune, tune_q, cfg.target_recall + cfg.tune_margin, k)
     index.search(eval_q[:50], k)  # warm caches
-    (found, _), ann_s = _timed(index.search, eval_q, k)
+    (found, _), ann_s = _timed(index.search, eval_q, k, label="ann")
     (truth_scores, truth), exact_s = _timed(
-        lambda: faiss.knn(eval_q, vectors, k, metric=faiss.METRIC_INNER_PRODUCT)
+        lambda: faiss.knn(eval_q, vectors, k, metric=faiss.METRIC_INNER_PRODUCT), label="exact"
     )
     recall = recall_at_k(found, truth)
     ann_qps, exact_qps = len(eval_q) / ann_s, len(eval_q) / exact_s
@@ -71,6 +80,7 @@ def bench_direction(
         f"{name}.train_s": index.params.get("train_s", 0.0),
         f"{name}.add_s": index.params["add_s"],
         f"{name}.build_s": round(build_s, 1),
+        f"{name}.build_cpu_s": round(CPU["build"], 3),
         f"{name}.tune_s": round(tune_s, 1),
         f"{name}.rss_build_gib": round(rss_build / 2**30, 2),
         f"{name}.index_gib": round(index.nbytes / 2**30, 2),
@@ -79,6 +89,9 @@ def bench_direction(
         f"{name}.ann_qps": round(ann_qps),
         f"{name}.exact_qps": round(exact_qps, 1),
         f"{name}.speedup": round(ann_qps / exact_qps, 1),
+        f"{name}.ann_cpu_ms_per_query": round(1e3 * CPU["ann"] / len(eval_q), 3),
+        f"{name}.exact_cpu_ms_per_query": round(1e3 * CPU["exact"] / len(eval_q), 2),
+        f"{name}.cpu_speedup": round(CPU["exact"] / max(CPU["ann"], 1e-9), 1),
         f"{name}.eval_queries": len(eval_q),
     }
     del truth_scores
@@ -105,10 +118,10 @@ def bench_policy(
     )
     fetch = math.ceil(k * cfg.overfetch)
     index.search(queries[:50], fetch)
-    (ids, scores), search_s = _timed(index.search, queries, fetch)
+    (ids, scores), search_s = _timed(index.search, queries, fetch, label="search")
     policy = Policy(cfg)
     policy.apply(ids[:50], scores[:50], catalog, seen[:50], None, k)
-    lists, policy_s = _timed(policy.apply, ids, scores, catalog, seen, None, k)
+    lists, policy_s = _timed(policy.apply, ids, scores, catalog, seen, None, k, label="policy")
     retriever = GoodsRetriever(index, catalog, cfg)
     full, end_to_end_s = _timed(retriever.recommend, queries, k, seen)
     return {
@@ -116,6 +129,13 @@ def bench_policy(
         "policy.search_ms_per_query": round(1e3 * search_s / n, 3),
         "policy.apply_ms_per_query": round(1e3 * policy_s / n, 3),
         "policy.share_of_query_time": round(policy_s / (search_s + policy_s), 3),
+        "policy.search_cpu_ms_per_query": round(1e3 * CPU["search"] / n, 3),
+        "policy.apply_cpu_ms_per_query": round(1e3 * CPU["policy"] / n, 3),
+        # idle cores: search wall ~ its CPU / threads (FAISS), the policy is one thread
+        "policy.share_idle_estimate": round(
+            CPU["policy"] / (CPU["search"] / max(1, faiss.omp_get_max_threads()) + CPU["policy"]),
+            3,
+        ),
         "policy.end_to_end_qps": round(n / end_to_end_s),
         "policy.full_lists_share": round(float((full.lengths == k).mean()), 4),
         "policy.selected_goods_share": round(float(full.selected_goods.mean()), 4),

@@ -1,0 +1,255 @@
+"""EmbeddingIndex: ANN against exact search, add/remove without retraining, save/load, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from features.settings import IndexConfig, load_settings
+from models.index import (
+    DimensionMismatchError,
+    EmbeddingIndex,
+    RetrievalError,
+    UnknownIdError,
+    recall_at_k,
+)
+from models.index_kinds import choose_kind, choose_nlist
+
+DIM = 16
+IVF_KINDS = ["ivf_flat", "ivf_sq8", "ivf_pq_refine"]
+
+
+def _clustered(n: int, seed: int, centers: int = 40) -> np.ndarray:
+    """Vectors around a few directions with varying norms (what a trained model gives)."""
+    rng = np.random.default_rng(seed)
+    middle = np.random.default_rng(99).standard_normal((centers, DIM))
+    x = middle[rng.integers(0, centers, n)] + 0.5 * rng.standard_normal((n, DIM))
+    return (x * rng.lognormal(0.0, 0.4, (n, 1))).astype(np.float32)
+
+
+def _random(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
+
+
+def _cfg(kind: str, **kw) -> IndexConfig:
+    return IndexConfig(kind=kind, min_nlist=16, max_nlist=64, threads=1, **kw)
+
+
+@pytest.fixture(scope="module")
+def items() -> tuple[np.ndarray, np.ndarray]:
+    vectors = _clustered(6000, seed=1)
+    ids = np.arange(len(vectors), dtype=np.int64) * 7 + 1000  # sparse, not positions
+    return vectors, ids
+
+
+@pytest.fixture(scope="module")
+def queries() -> np.ndarray:
+    return _clustered(300, seed=2)
+
+
+def _brute_force(vectors: np.ndarray, ids: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
+    scores = q @ vectors.T
+    return ids[np.argsort(-scores, axis=1)[:, :k]]
+
+
+@pytest.mark.parametrize("kind", ["flat", *IVF_KINDS])
+def test_tuned_ann_reaches_recall_against_exact(kind, items, queries) -> None:
+    vectors, ids = items
+    index = EmbeddingIndex.build(vectors, ids, _cfg(kind))
+    assert index.kind == kind and len(index) == len(ids)
+    record = index.tune(queries[:150], target_recall=0.95, k=20)
+    assert record.reached and record.recall >= 0.95
+    assert index.params["tune"]["nprobe"] == record.nprobe
+    held_out = queries[150:]
+    found, scores = index.search(held_out, 20)
+    truth, _ = index.exact(held_out, 20)
+    assert recall_at_k(found, truth) >= 0.9  # held-out queries, tuned on others
+    assert (np.diff(scores, axis=1) <= 1e-5).all()  # best first
+    # exact search is exact (flat storage) or near it (8-bit codes)
+    brute = _brute_force(vectors, ids, held_out, 20)
+    assert recall_at_k(truth, brute) >= (0.97 if kind == "ivf_sq8" else 0.999)
+    if kind != "flat":
+        assert 1 <= record.nprobe < index.params["nlist"]  # ANN, not an exhaustive scan
+
+
+def test_ann_on_uniform_random_vectors() -> None:
+    """No cluster structure to exploit: tune must still find a probe count that works."""
+    vectors, q = _random(4000, 3), _random(200, 4)
+    index = EmbeddingIndex.build(vectors, np.arange(4000), _cfg("ivf_flat"))
+    record = index.tune(q[:100], 0.9, 10)
+    found, _ = index.search(q[100:], 10)
+    assert record.reached
+    assert recall_at_k(found, _brute_force(vectors, np.arange(4000), q[100:], 10)) >= 0.85
+
+
+def test_tune_keeps_the_best_setting_when_the_target_is_out_of_reach(items, queries) -> None:
+    vectors, ids = items
+    index = EmbeddingIndex.build(vectors, ids, _cfg("ivf_pq_refine"))
+    record = index.tune(queries[:100], target_recall=1.5, k=20)  # unreachable on purpose
+    assert not record.reached and record.recall >= 0.95
+    assert (index.params["nprobe"], index.params["k_factor"]) == (record.nprobe, record.k_factor)
+    assert index.params["tune"]["recall"] == record.recall
+
+
+def test_more_probes_more_recall(items, queries) -> None:
+    vectors, ids = items
+    index = EmbeddingIndex.build(vectors, ids, _cfg("ivf_flat"))
+    truth, _ = index.exact(queries, 50)
+    recalls = []
+    for nprobe in (1, 4, 16, 64):
+        index.params["nprobe"] = nprobe
+        recalls.append(recall_at_k(index.search(queries, 50)[0], truth))
+    assert recalls == sorted(recalls) and recalls[0] < 0.9 and recalls[-1] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("kind", ["flat", *IVF_KINDS])
+def test_add_without_retraining(kind, items, queries) -> None:
+    vectors, ids = items
+    index = EmbeddingIndex.build(vectors[:5000], ids[:5000], _cfg(kind))
+    index.params.update(nprobe=index.params["nlist"], k_factor=8.0)  # exhaustive
+    trained = index.params.get("train_s")
+    index.add(vectors[5000:], ids[5000:])
+    assert len(index) == 6000 and index.params.get("train_s") == trained
+    assert index.contains(ids[5000:]).all()
+    found, _ = index.search(queries, 10)
+    expected = _brute_force(vectors, ids, queries, 10)
+    lossy = {"ivf_sq8": 0.95, "ivf_pq_refine": 0.97}  # codes, even with every list probed
+    assert recall_at_k(found, expected) >= lossy.get(kind, 0.99)
+    new_share = np.isin(expected, ids[5000:]).mean()
+    assert new_share > 0.1 and np.isin(found, ids[5000:]).mean() == pytest.approx(new_share, 0.1)
+    with pytest.raises(RetrievalError, match="already in the index"):
+        index.add(vectors[:2], ids[:2])
+    with pytest.raises(DimensionMismatchError):
+        index.add(vectors[:2, :8], np.array([1, 2]))
+
+
+@pytest.mark.parametrize("kind", ["flat", *IVF_KINDS])
+def test_remove_takes_items_out_at_once(kind, items, queries) -> None:
+    vectors, ids = items
+    index = EmbeddingIndex.build(vectors, ids, _cfg(kind))
+    before, _ = index.exact(queries, 10)
+    delisted = np.unique(before[:, :3])  # the best goods of many queries
+    assert index.remove(delisted) == len(delisted)
+    assert len(index) == len(ids) - len(delisted)
+    assert not index.contains(delisted).any()
+    for found, _ in (index.search(queries, 10), index.exact(queries, 10)):
+        assert not np.isin(found, delisted).any()
+    keep = ~np.isin(ids, delisted)
+    truth = _brute_force(vectors[keep], ids[keep], queries, 10)
+    index.params.update(nprobe=index.params["nlist"], k_factor=8.0)
+    assert recall_at_k(index.search(queries, 10)[0], truth) >= 0.95
+    with pytest.raises(UnknownIdError):
+        index.remove(delisted[:1])  # already gone
+    # a removed ID can come back (relisted), with its new vector
+    index.add(vectors[:1] * 0 + vectors[keep][:1], delisted[:1])
+    assert index.contains(delisted[:1]).all()
+
+
+def test_pq_refine_compacts_after_many_removals(items, queries) -> None:
+    vectors, ids = items
+    index = EmbeddingIndex.build(vectors, ids, _cfg("ivf_pq_refine"))
+    index.params.update(nprobe=index.params["nlist"], k_factor=8.0)
+    gone = ids[: len(ids) // 3]  # past the 20% threshold: lists rebuilt, no training
+    index.remove(gone)
+    assert index._alive.all() and len(index) == len(ids) - len(gone)  # compacted
+    found, _ = index.search(queries, 10)
+    assert not np.isin(found, gone).any()
+    truth = _brute_force(vectors[len(gone) :], ids[len(gone) :], queries, 10)
+    assert recall_at_k(found, truth) >= 0.95
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf_pq_refine"])
+def test_save_load_round_trip(kind, items, queries, tmp_path: Path) -> None:
+    vectors, ids = items
+    index = EmbeddingIndex.build(vectors, ids, _cfg(kind))
+    index.tune(queries[:100], 0.95, 10)
+    index.remove(ids[:10])
+    index.save(tmp_path, "products")
+    loaded = EmbeddingIndex.load(tmp_path, "products", threads=1, expect_dim=DIM)
+    assert loaded.kind == kind and len(loaded) == len(index)
+    assert loaded.params["tune"] == index.params["tune"]
+    a, sa = index.search(queries, 10)
+    b, sb = loaded.search(queries, 10)
+    assert (a == b).all() and np.allclose(sa, sb)
+    with pytest.raises(DimensionMismatchError, match="dim 32"):
+        EmbeddingIndex.load(tmp_path, "products", expect_dim=32)
+    with pytest.raises(RetrievalError, match="missing"):
+        EmbeddingIndex.load(tmp_path, "creators")
+
+
+def test_exact_restricted_to_allowed_ids(items, queries) -> None:
+    vectors, ids = items
+    index = EmbeddingIndex.build(vectors, ids, _cfg("ivf_flat"))
+    allowed = ids[::50]
+    found, _ = index.exact(queries, 10, allowed_ids=allowed)
+    assert np.isin(found, allowed).all()
+    assert (found == _brute_force(vectors[::50], allowed, queries, 10)).mean() > 0.99
+    few, scores = index.exact(queries[:2], 10, allowed_ids=allowed[:3])  # fewer than k allowed
+    assert few.shape == (2, 3) and np.isfinite(scores).all()
+    with pytest.raises(RetrievalError, match="none of the allowed"):
+        index.exact(queries, 10, allowed_ids=np.array([-5]))
+
+
+def test_bad_input_is_a_clear_error(items) -> None:
+    vectors, ids = items
+    index = EmbeddingIndex.build(vectors[:500], ids[:500], _cfg("flat"))
+    q = vectors[:2]
+    for k in (0, -1, 2.5, True):
+        with pytest.raises(RetrievalError, match="positive integer"):
+            index.search(q, k)
+    with pytest.raises(RetrievalError, match="exceeds the 500 items"):
+        index.search(q, 501)
+    with pytest.raises(DimensionMismatchError, match="dim 8"):
+        index.search(vectors[:2, :8], 5)
+    with pytest.raises(DimensionMismatchError, match="2-D"):
+        index.search(vectors[0], 5)
+    with pytest.raises(RetrievalError, match="NaN"):
+        index.search(np.full((1, DIM), np.nan, np.float32), 5)
+    with pytest.raises(UnknownIdError, match="not in the index"):
+        index.positions(np.array([-1, ids[0]]))
+    with pytest.raises(RetrievalError, match="duplicate"):
+        EmbeddingIndex.build(vectors[:3], np.array([1, 1, 2]), _cfg("flat"))
+    with pytest.raises(RetrievalError, match="zero vectors"):
+        EmbeddingIndex.build(np.empty((0, DIM), np.float32), np.empty(0, np.int64), _cfg("flat"))
+
+
+def test_kind_and_nlist_follow_catalog_size() -> None:
+    cfg = IndexConfig()
+    assert choose_kind(10_000, cfg) == "flat"
+    assert choose_kind(500_000, cfg) == "ivf_flat"
+    assert choose_kind(10_000_000, cfg) == "ivf_pq_refine"
+    assert choose_kind(10, IndexConfig(kind="ivf_sq8")) == "ivf_sq8"
+    assert choose_nlist(1_000_000, cfg) == 4096 and choose_nlist(200_000, cfg) == 2048
+    assert choose_nlist(2000, cfg) == 2000 // 39  # enough training points per list
+
+
+def test_recall_at_k_counts_overlap() -> None:
+    truth = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
+    found = np.array([[4, 3, 9, -1], [5, 6, 7, 8]])
+    assert recall_at_k(found, truth) == pytest.approx((0.5 + 1.0) / 2)
+
+
+def test_bench_index_command_on_tiny(tmp_path: Path) -> None:
+    """`haowu bench index` end to end at the tiny scale, with an IVF index to tune."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    out = tmp_path / "bench.json"
+    sets = ["index.kind=ivf_flat", "index.tune_queries=200", "index.min_nlist=16"]
+    result = CliRunner().invoke(
+        app,
+        ["bench", "index", "--preset", "tiny", "--queries", "200", "--k", "50",
+         "--out", str(out), *sum((["--set", s] for s in sets), [])],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    m = json.loads(out.read_text())
+    for side in ("products", "creators"):
+        assert m[f"{side}.kind"] == "ivf_flat" and m[f"{side}.recall@50"] >= 0.9
+        assert m[f"{side}.nprobe"] < m[f"{side}.nlist"] and m[f"{side}.build_cpu_s"] > 0
+    assert m["policy.full_lists_share"] == 1.0 and 0 < m["policy.share_of_query_time"] < 1
+    assert m["products.items"] == load_settings("tiny").data.n_products

@@ -1,0 +1,239 @@
+"""`haowu recommend` over the index and the policy, both directions, on the tiny marketplace.
+
+The data the job reads differs from the data the model was trained on: some goods are
+new (never seen in training, embedded from their features) and some are delisted.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from cli import app
+from features.io import read_table, write_table
+from features.settings import load_settings
+from models.index import RetrievalError, UnknownIdError
+from serving.recommend import _RUNS, make_shard_fn
+from serving.retrieval import RetrievalRun
+
+CHEAP = [
+    "matching.epochs=1",
+    "matching.refit_all=false",
+    "matching.baselines=[pop]",
+    "matching.protocols=[random]",
+    "matching.threads=1",
+    "matching.eval_creators=300",
+    "matching.val_creators=200",
+]
+NEW_ID = 9_000_000_000
+
+
+@pytest.fixture(scope="module")
+def world(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A cheap matching run on tiny, then a data folder with new and delisted goods and
+    a tier run (random tiers: the policy's inputs, not the tier model's quality)."""
+    from training.matching_job import run as run_matching
+
+    root = tmp_path_factory.mktemp("recommend")
+    model = root / "matching"
+    run_matching(
+        load_settings("tiny", overrides=CHEAP), tiny_data, model, progress=False, register=False
+    )
+    data = root / "data"
+    shutil.copytree(tiny_data, data)
+    products = read_table(data, "products")
+    twins = products.sample(40, random_state=1)  # new goods: features of existing ones
+    new = twins.assign(product_id=np.arange(40, dtype=np.int64) + NEW_ID)
+    delisted = products["product_id"].iloc[:30].to_numpy()
+    write_table(
+        pd.concat([products[~products.product_id.isin(delisted)], new], ignore_index=True),
+        data,
+        "products",
+    )
+    tiers = root / "tier"
+    tiers.mkdir()
+    ids = np.concatenate([products.product_id.to_numpy(), new.product_id.to_numpy()])
+    rng = np.random.default_rng(0)
+    tier = rng.choice(6, len(ids), p=[0.15, 0.25, 0.25, 0.15, 0.1, 0.1])
+    pd.DataFrame({"product_id": ids, "tier": tier, "score": tier / 5.0}).to_parquet(
+        tiers / "tiers.parquet"
+    )
+    return {"model": model, "data": data, "tiers": tiers, "new": new, "delisted": delisted}
+
+
+def _recommend(world: dict, out: Path, *args: str) -> object:
+    return CliRunner().invoke(
+        app,
+        [
+            "recommend",
+            "--data", str(world["data"]),
+            "--model", str(world["model"]),
+            "--out", str(out),
+            "--workers", "1",
+            "--preset", "tiny",
+            *args,
+        ],
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def creator_lists(world, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("lists") / "creator"
+    result = _recommend(world, out, "--k", "10", "--tiers", str(world["tiers"]))
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_creator_lists_follow_the_policy(world, creator_lists: Path) -> None:
+    rows = pd.read_parquet(creator_lists)
+    manifest = json.loads((creator_lists / "_SUCCESS").read_text())
+    assert manifest["rows"] == len(rows) and manifest["k"] == 10 and not manifest["exact"]
+    assert manifest["new_products"] == 40 and manifest["delisted_products"] == 30
+    assert list(rows.columns) == [
+        "creator_id", "rank", "product_id", "score", "tier", "category_l1",
+        "selected_goods", "diversity_slot", "selected_slot", "reason",
+    ]  # fmt: skip
+    n_creators = len(read_table(world["data"], "creators"))
+    assert rows.creator_id.nunique() == n_creators == manifest["queries"]
+    ranks = rows.groupby("creator_id")["rank"]
+    assert ranks.count().eq(10).all() and ranks.max().eq(10).all()
+    promoted = read_table(world["data"], "interactions")[["creator_id", "product_id"]]
+    assert rows.merge(promoted.drop_duplicates(), on=["creator_id", "product_id"]).empty
+    tiers = pd.read_parquet(world["tiers"] / "tiers.parquet").set_index("product_id")["tier"]
+    assert (rows.tier.to_numpy() == tiers.loc[rows.product_id].to_numpy()).all()
+    assert (rows.tier > 0).all()  # L0 never recommended
+    products = read_table(world["data"], "products").set_index("product_id")
+    flagged = read_table(world["data"], "merchants").set_index("merchant_id")["flagged_low_quality"]
+    assert not flagged.loc[products.loc[rows.product_id, "merchant_id"]].any()
+    assert (rows.category_l1.to_numpy() == products.loc[rows.product_id, "category_l1"]).all()
+    assert not rows.product_id.isin(world["delisted"]).any()
+    assert rows.selected_goods.eq(rows.tier == 5).all()
+    assert rows.selected_slot.any() and (rows.loc[rows.selected_slot, "tier"] == 5).all()
+    assert rows.loc[rows.diversity_slot, "reason"].str.startswith("category diversity").all()
+    assert rows.loc[rows.selected_slot, "reason"].str.startswith("Selected Goods share").all()
+    assert (world["model"] / "model" / "index" / "products.faiss").is_file()  # kept for serve
+
+
+def test_new_goods_are_added_to_the_index_and_delisted_ones_removed(world) -> None:
+    shard = make_shard_fn(
+        world["data"], world["model"], world["tiers"], 10, "creator", False, load_settings("tiny")
+    )
+    try:
+        _check_new_and_delisted(world, shard)
+    finally:
+        _RUNS.clear()  # the run was altered below: no later test may reuse it
+
+
+def _check_new_and_delisted(world: dict, shard) -> None:
+    run = shard.run
+    index = run.index("products")
+    new_ids = world["new"].product_id.to_numpy()
+    assert index.contains(new_ids).all() and not index.contains(world["delisted"]).any()
+    # a creator whose taste is exactly a new good's direction gets that good first
+    ok = run.catalog.eligible(None, (0,), True)[run.product_positions(new_ids)]
+    good = new_ids[ok][0]
+    creator = int(run.creators.queries[0])
+    run.creators.vectors[creator] = 20 * run.products.vectors[run.product_positions([good])[0]]
+    rows = shard(np.array([0]))
+    assert rows.product_id.iloc[0] == good and "new product" in rows.reason.iloc[0]
+    assert not rows.reason.iloc[1:].str.contains("new product").all()
+
+
+def test_rerun_resumes_and_overwrite_starts_over(world, creator_lists: Path, tmp_path) -> None:
+    out = tmp_path / "copy"
+    shutil.copytree(creator_lists, out)
+    part = next(out.glob("part-*.parquet"))
+    before = part.stat().st_mtime_ns
+    again = _recommend(world, out, "--k", "10", "--tiers", str(world["tiers"]))
+    assert again.exit_code == 0, again.output
+    assert part.stat().st_mtime_ns == before  # complete already: nothing recomputed
+    other = _recommend(world, out, "--k", "7", "--tiers", str(world["tiers"]))
+    assert other.exit_code == 1 and "another job" in other.output
+    fresh = _recommend(world, out, "--k", "7", "--tiers", str(world["tiers"]), "--overwrite")
+    assert fresh.exit_code == 0, fresh.output
+    assert pd.read_parquet(out).groupby("creator_id")["rank"].max().eq(7).all()
+
+
+def test_ann_lists_agree_with_exact_lists(world, tmp_path) -> None:
+    cfg = ["--k", "20", "--set", "index.kind=ivf_flat", "--set", "index.min_nlist=16"]
+    ann, exact = tmp_path / "ann", tmp_path / "exact"
+    assert _recommend(world, ann, *cfg).exit_code == 0
+    result = _recommend(world, exact, *cfg, "--exact")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((ann / "_SUCCESS").read_text())
+    assert manifest["products_index"]["kind"] == "ivf_flat"
+    assert 0 < manifest["products_index"]["nprobe"] < manifest["products_index"]["nlist"]
+    assert json.loads((exact / "_SUCCESS").read_text())["products_index"]["kind"] == "flat"
+    a = pd.read_parquet(ann).groupby("creator_id").product_id.apply(set)
+    b = pd.read_parquet(exact).groupby("creator_id").product_id.apply(set)
+    overlap = np.mean([len(a[c] & b[c]) / len(b[c]) for c in b.index])
+    assert overlap >= 0.9
+
+
+def test_product_direction_covers_new_goods(world, tmp_path) -> None:
+    out = tmp_path / "product"
+    result = _recommend(world, out, "--k", "20", "--direction", "product")
+    assert result.exit_code == 0, result.output
+    rows = pd.read_parquet(out)
+    assert list(rows.columns) == ["product_id", "rank", "creator_id", "score", "reason"]
+    listed = read_table(world["data"], "products")["product_id"]
+    assert set(rows.product_id) == set(listed)  # new goods in, delisted goods out
+    assert rows.groupby("product_id")["rank"].max().eq(20).all()
+    promoted = read_table(world["data"], "interactions")[["creator_id", "product_id"]]
+    assert rows.merge(promoted.drop_duplicates(), on=["creator_id", "product_id"]).empty
+    new = rows[rows.product_id >= NEW_ID]
+    assert new.reason.str.contains("new product, embedded from its features").all()
+    # a new good is placed by its features: its creators like its category
+    creators = read_table(world["data"], "creators").set_index("creator_id")["category_pref"]
+    leaf = world["new"].set_index("product_id")["category_l3"]
+    match = (creators.loc[new.creator_id].to_numpy() == leaf.loc[new.product_id].to_numpy()).mean()
+    base = np.mean([(creators == c).mean() for c in leaf])
+    assert match > 2 * base
+
+
+def test_shard_function_is_picklable_and_matches_the_job(world, creator_lists) -> None:
+    cfg = load_settings("tiny")
+    factory = functools.partial(
+        make_shard_fn, world["data"], str(world["model"]), world["tiers"], 10, "creator",
+        False, cfg,
+    )  # fmt: skip
+    shard = pickle.loads(pickle.dumps(factory))()
+    got = shard(np.array([0, 1, 2]))
+    rows = pd.read_parquet(creator_lists)
+    want = rows[rows.creator_id.isin(got.creator_id.unique())].reset_index(drop=True)
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), want, check_dtype=False)
+    assert pickle.loads(pickle.dumps(shard)).k == 10
+
+
+def test_bad_input(world, tmp_path) -> None:
+    for args, message in [
+        (["--k", "0"], "--k must be >= 1"),
+        (["--k", "100000"], "exceeds"),
+        (["--direction", "sideways"], "creator or product"),
+    ]:
+        result = _recommend(world, tmp_path / "bad", *args)
+        assert result.exit_code == 1 and message in result.output, result.output
+    result = CliRunner().invoke(
+        app, ["recommend", "--data", str(world["data"]), "--model", str(tmp_path),
+              "--out", str(tmp_path / "x")],
+    )  # fmt: skip
+    assert result.exit_code == 1 and "not a train-matching run" in result.output
+    run = RetrievalRun.load(world["data"], world["model"])
+    with pytest.raises(UnknownIdError, match="unknown product"):
+        run.product_positions(np.array([world["delisted"][0]]))
+    with pytest.raises(UnknownIdError, match="unknown creator"):
+        run.creator_positions(np.array([-7]))
+    # a model whose two sides disagree on the embedding width
+    broken = tmp_path / "broken"
+    shutil.copytree(world["model"] / "model", broken / "model")
+    np.save(broken / "model" / "creator_embeddings.npy", np.zeros((3, 8), np.float32))
+    with pytest.raises(RetrievalError, match="dim"):
+        RetrievalRun.load(world["data"], broken)
