@@ -9,6 +9,7 @@ STAMP     := $(VENV)/.install-stamp
 PRESET    ?= small
 RUN_DIR   ?= runs/demo
 PYTEST_ARGS ?=
+PIPELINE_ARGS ?=
 
 export MLFLOW_DISABLE_TELEMETRY := true
 
@@ -25,8 +26,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q $(PIP_EXTRA) -e '.[test]'
 	@touch $(STAMP)
 
-run: install  ## the whole pipeline on synthetic `small` data (PRESET=tiny for seconds)
-	$(BIN)/haowu pipeline --preset $(PRESET) --out $(RUN_DIR)
+run: install  ## the whole pipeline on synthetic `small` data (PRESET=tiny for seconds; PIPELINE_ARGS=--force reruns)
+	$(BIN)/haowu pipeline --preset $(PRESET) --out $(RUN_DIR) $(PIPELINE_ARGS)
 
 test: install  ## the whole test suite
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -26,7 +26,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-bench_app = typer.Typer(help="Performance benchmarks: print figures and ratios.", no_args_is_help=True)
+bench_app = typer.Typer(
+    help="Performance benchmarks: print figures and ratios.", no_args_is_help=True
+)
 app.add_typer(bench_app, name="bench")
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -61,7 +63,9 @@ def settings(preset: str, config: Path | None, overrides: list[str] | None) -> S
 
 
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False) -> None:
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
+) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -101,8 +105,12 @@ def import_(
     out: Annotated[Path, typer.Option(help="output data folder")],
     ts_col: Annotated[str | None, typer.Option(help="event time column")] = None,
     ts_unit: Annotated[str, typer.Option(help="unit of a numeric time column: s|ms|us|ns")] = "s",
-    weight_col: Annotated[str | None, typer.Option(help="event value column (summed into gmv)")] = None,
-    min_weight: Annotated[float | None, typer.Option(help="keep events with weight >= this")] = None,
+    weight_col: Annotated[
+        str | None, typer.Option(help="event value column (summed into gmv)")
+    ] = None,
+    min_weight: Annotated[
+        float | None, typer.Option(help="keep events with weight >= this")
+    ] = None,
     sep: Annotated[str | None, typer.Option(help="field separator for .txt/.dat files")] = None,
     creators: Annotated[Path | None, typer.Option(help="creator side table")] = None,
     creator_id_col: Annotated[str | None, typer.Option(help="id column of --creators")] = None,
@@ -150,48 +158,103 @@ def validate(data: Annotated[Path, typer.Argument(help="data folder")]) -> None:
 @app.command()
 @fails_cleanly
 def pipeline(
-    out: Annotated[Path, typer.Option(help="pipeline folder (data, models, lists)")],
+    out: Annotated[Path, typer.Option(help="pipeline folder (data, models, lists, report)")],
     preset: PresetOpt = "small",
     force: Annotated[bool, typer.Option(help="rerun finished steps")] = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """generate -> validate -> ... end to end; a rerun skips finished steps."""
-    from features.steps import StepLedger
+    """generate -> validate -> train-tier -> train-matching -> promote -> recommend (both
+    directions) -> match-brokers -> report, under one MLflow run; a rerun skips finished
+    steps."""
+    import json
+
     from features.synthetic import generate as run_generate
     from features.validate import validate_dir
+    from serving.brokers import run as run_brokers
     from serving.recommend import run as run_recommend
     from training.matching_job import run as run_matching
+    from training.pipeline import Layout, Step, run_pipeline
+    from training.pipeline_summary import format_summary, write_summary
+    from training.registry import promote_run_dir
+    from training.report import build_report
     from training.tier_job import run as run_tier
+    from training.tracking import tracking_uri
 
     cfg = settings(preset, config, set_)
-    ledger = StepLedger(out, force=force)
-    data_dir = out / "data"
-    steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [
-        ("generate", lambda: run_generate(cfg.data, data_dir, overwrite=True)),
-        ("validate", lambda: {k: r.rows for k, r in validate_dir(data_dir).items()}),
-        ("train-tier", lambda: run_tier(cfg, data_dir, out / "tier", overwrite=True)),
-        ("train-matching", lambda: run_matching(
-            cfg, data_dir, out / "matching",
-            tiers=out / "tier" if (out / "tier" / "tiers.parquet").is_file() else None,
+    d = Layout(out)
+
+    def promote_both() -> dict[str, Any]:
+        return {
+            name: promote_run_dir(name, folder, cfg.registry)
+            for name, folder in (("haowu-tier", d.tier), ("haowu-matching", d.matching))
+        }
+
+    def recommend(direction: str, target: Path) -> Callable[[], dict[str, Any]]:
+        return lambda: run_recommend(
+            d.data,
+            d.matching,
+            target,
+            direction=direction,
+            tiers=d.tier,
+            cfg=cfg,
             overwrite=True,
-        )),
-        ("recommend", lambda: run_recommend(
-            data_dir, out / "matching", out / "lists" / "creator", overwrite=True
-        )),
+            progress=False,
+        )
+
+    steps = [
+        Step(
+            "generate",
+            lambda: run_generate(cfg.data, d.data, overwrite=True),
+            data_dir=d.data,
+            params={"preset": preset, "seed": cfg.data.seed},
+        ),
+        Step(
+            "validate",
+            lambda: {k: r.rows for k, r in validate_dir(d.data).items()},
+            data_dir=d.data,
+        ),
+        Step("train-tier", lambda: run_tier(cfg, d.data, d.tier, overwrite=True), own_run=True),
+        Step(
+            "train-matching",
+            lambda: run_matching(cfg, d.data, d.matching, tiers=d.tier, overwrite=True),
+            own_run=True,
+        ),
+        Step("promote", promote_both, params={"gates": cfg.registry.gates}),
+        Step("recommend-creator", recommend("creator", d.creator_lists), data_dir=d.data),
+        Step("recommend-product", recommend("product", d.product_lists), data_dir=d.data),
+        Step(
+            "match-brokers",
+            lambda: run_brokers(cfg, d.data, d.matching, d.brokers, tiers=d.tier, overwrite=True),
+            data_dir=d.data,
+        ),
+        Step("report", lambda: {"bytes": build_report(out).stat().st_size}),
     ]
-    total = len(steps)
-    for i, (name, step) in enumerate(steps, 1):
-        start = time.perf_counter()
-        typer.echo(f"[{i}/{total}] {name} ...")
-        summary, skipped = ledger.run(name, step)
-        state = "skipped (done before)" if skipped else f"done in {time.perf_counter() - start:.1f}s"
-        typer.echo(f"[{i}/{total}] {name}: {state}")
-    typer.echo(f"\nresults in {out.resolve()}")
-    typer.echo(f"  data:   {data_dir.resolve()}")
-    typer.echo(f"  tier:   {(out / 'tier').resolve()}")
-    typer.echo(f"  matching: {(out / 'matching').resolve()}")
-    typer.echo(f"  lists:  {(out / 'lists' / 'creator').resolve()}")
+    identity = {
+        "preset": preset,
+        "config": str(config) if config else None,
+        "overrides": sorted(set_ or []),
+    }
+    result = run_pipeline(
+        out,
+        steps,
+        preset,
+        cfg.model_dump(mode="json"),
+        identity,
+        force=force,
+        echo=typer.echo,
+        finish=write_summary,
+    )
+    summary = json.loads(d.summary.read_text())
+    typer.echo("\n" + format_summary(summary))
+    typer.echo(f"\nresults in {d.root.resolve()} (report: {d.report.resolve()})")
+    typer.echo("next:")
+    typer.echo(f"  haowu serve --from {out}")
+    for name, promo in summary.get("promotion", {}).items():
+        if promo.get("status") == "refused":  # a human may override the gate, with a reason
+            folder = d.tier if name == "haowu-tier" else d.matching
+            typer.echo(f"  haowu promote --model {name} --run {folder} --force --reason '...'")
+    typer.echo(f"  mlflow ui --backend-store-uri {tracking_uri()}   # pipeline run {result.run_id}")
 
 
 # --- tier commands (train-tier, selected-goods) ---
@@ -328,23 +391,58 @@ def recommend(
     data: Annotated[Path, typer.Option(help="data folder (already-promoted goods are excluded)")],
     model: Annotated[str, typer.Option(help="a train-matching run folder")],
     out: Annotated[Path, typer.Option(help="lists folder to write")],
-    k: Annotated[int, typer.Option(help="goods per creator")] = 50,
-    direction: Annotated[str, typer.Option(help="creator | product (product: not yet)")] = (
-        "creator"
-    ),
-    exact: Annotated[bool, typer.Option(help="exact search (ANN comes with the index)")] = True,
-    overwrite: OverwriteOpt = False,
+    k: Annotated[int, typer.Option(help="list length")] = 50,
+    direction: Annotated[
+        str, typer.Option(help="creator: goods per creator | product: creators per good")
+    ] = "creator",
+    exact: Annotated[bool, typer.Option(help="exact FAISS search, not the ANN index")] = False,
+    tiers: Annotated[
+        Path | None, typer.Option(help="a train-tier run folder (tiers for the policy)")
+    ] = None,
+    engine: Annotated[str | None, typer.Option(help="local | ray (default: batch.engine)")] = None,
+    workers: Annotated[int | None, typer.Option(help="processes / actors (batch.workers)")] = None,
+    shard_size: Annotated[
+        int | None, typer.Option(help="queries per part file (default: batch.shard_size)")
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option("--force", "--overwrite", help="start over (also over another job's lists)"),
+    ] = False,
+    preset: PresetOpt = "small",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
 ) -> None:
-    """Write top-k goods for every creator: OUT/part-*.parquet, then OUT/_SUCCESS."""
+    """Write top-k lists with the FAISS index and the platform's policy: OUT/part-*.parquet,
+    then OUT/_SUCCESS; a rerun resumes."""
     from serving.recommend import run as run_recommend
 
+    cfg = settings(preset, config, set_)
     manifest = run_recommend(
-        data, model, out, k=k, direction=direction, exact=exact, overwrite=overwrite
+        data,
+        model,
+        out,
+        k=k,
+        direction=direction,
+        exact=exact,
+        overwrite=force,
+        tiers=tiers,
+        cfg=cfg,
+        engine=engine,
+        workers=workers,
+        shard_size=shard_size,
     )
+    index = manifest.get("products_index" if direction == "creator" else "creators_index") or {}
     typer.echo(
-        f"{manifest['rows']:,} rows for {manifest['creators']:,} creators in "
-        f"{manifest['parts']} part(s), {manifest['seconds']}s; wrote {out}"
+        f"{manifest['rows']:,} rows for {manifest['queries']:,} {direction}s in "
+        f"{manifest['parts']} part(s), {manifest['seconds']}s "
+        f"({index.get('kind', '?')} index, nprobe {index.get('nprobe', 0)}); wrote {out}"
     )
+    if "peak_rss_gib" in manifest:
+        typer.echo(
+            f"{manifest['queries_per_s']:,} q/s, peak RSS {manifest['peak_rss_gib']} GiB, "
+            f"CPU {manifest['cpu_utilisation']:.0%} of {manifest['cores']} cores; "
+            f"{manifest['resumed_parts']} part(s) resumed"
+        )
 
 
 @bench_app.command("train")
@@ -404,8 +502,17 @@ def match_brokers(
 
     cfg = settings(preset, config, set_)
     metrics = run_match_brokers(cfg, data, model, out, tiers=tiers, overwrite=overwrite)
-    for key in ("brokers", "brokers_matched", "brokers_empty", "assignments", "affinity_vs_random",
-                "creator_capacity_use", "product_capacity_use", "greedy_gap", "seconds"):
+    for key in (
+        "brokers",
+        "brokers_matched",
+        "brokers_empty",
+        "assignments",
+        "affinity_vs_random",
+        "creator_capacity_use",
+        "product_capacity_use",
+        "greedy_gap",
+        "seconds",
+    ):
         typer.echo(f"{key:>22}: {metrics[key]:.4g}")
     typer.echo(f"wrote {out}")
 
@@ -484,8 +591,10 @@ def promote(
     if result.rows:
         typer.echo(result.table)
     was = f"(was v{result.previous})" if result.previous else "(first champion)"
-    typer.echo(f"{model} v{result.version} is {cfg.registry.champion_alias} {was}"
-               + (" [forced]" if result.forced else ""))
+    typer.echo(
+        f"{model} v{result.version} is {cfg.registry.champion_alias} {was}"
+        + (" [forced]" if result.forced else "")
+    )
 
 
 @app.command()
@@ -517,18 +626,109 @@ def bench_index(
         list[str] | None, typer.Option(help="products | creators (default: both)")
     ] = None,
     out: Annotated[Path | None, typer.Option(help="also write the figures as JSON here")] = None,
+    diversity: Annotated[
+        Path | None,
+        typer.Option(help="also write the diversity curve (csv, png, json) to this folder"),
+    ] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option(help="diversity curve over this matching run (refit_all=false) and --data"),
+    ] = None,
+    data: Annotated[Path | None, typer.Option(help="the data --model was trained on")] = None,
+    tiers: Annotated[Path | None, typer.Option(help="a train-tier run for --model")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Build, tune and time the FAISS index on synthetic embeddings of the preset's size."""
+    """Build, tune and time the FAISS index on synthetic embeddings of the preset's size;
+    with --diversity, the accuracy-diversity curve of the policy's re-ranking."""
+    import os
+
     from features.io import write_json
     from training.index_bench import run as run_bench
 
     cfg = settings(preset, config, set_)
     directions = tuple(direction or ("products", "creators"))
-    result = run_bench(cfg.data, cfg.index, cfg.policy, k=k, n_eval=queries, directions=directions)
+    if queries > 0:
+        result = run_bench(
+            cfg.data, cfg.index, cfg.policy, k=k, n_eval=queries, directions=directions
+        )
+        for key, value in result.items():
+            typer.echo(f"{key:>36}: {value}")
+        if out is not None:
+            write_json(result, out)
+    if diversity is not None:
+        from training.diversity_curve import held_out_scenario
+        from training.diversity_curve import run as run_curve
+        from training.synthetic_retrieval import diversity_scenario
+
+        if model is not None:
+            if data is None:
+                raise HaowuError("--model needs --data (the data it was trained on)")
+            scenario = held_out_scenario(data, model, tiers)
+            title = f"held-out pairs of {model}"
+        else:
+            d = cfg.data
+            scenario = diversity_scenario(
+                n_products=d.n_products,
+                n_l1=d.n_categories_l1,
+                n_l2=d.n_categories_l2,
+                n_leaf=d.n_leaf_categories,
+                seed=d.seed,
+            )
+            title = f"synthetic scenario at {preset} scale"
+        frame = run_curve(scenario, cfg.policy, diversity, title=title)
+        typer.echo(f"load average {os.getloadavg()[0]:.2f}; {title}")
+        typer.echo(frame.round(4).to_string(index=False))
+        typer.echo(f"wrote {diversity}/diversity_curve.{{csv,png,json}}")
+
+
+@bench_app.command("batch")
+@fails_cleanly
+def bench_batch(
+    preset: PresetOpt = "small",
+    direction: Annotated[
+        list[str] | None,
+        typer.Option(help="creator | product, repeatable (default: both; creator on full)"),
+    ] = None,
+    workers: Annotated[
+        list[int] | None, typer.Option(help="workers to time, repeatable (default: batch.workers)")
+    ] = None,
+    engine: Annotated[str | None, typer.Option(help="local | ray (default: batch.engine)")] = None,
+    workdir: Annotated[
+        Path | None,
+        typer.Option(help="keep vectors, indexes and lists here; a rerun reuses them"),
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="also write the figures as JSON here")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Time the batch job (index, policy, Parquet) on synthetic embeddings of the preset's
+    size; ANN recall and speed-up against exact search on a sample."""
+    import shutil
+    import tempfile
+
+    from features.io import write_json
+    from serving.batch_bench import run as run_bench
+
+    cfg = settings(preset, config, set_)
+    directions = tuple(direction or (("creator",) if preset == "full" else ("creator", "product")))
+    bad = [d for d in directions if d not in ("creator", "product")]
+    if bad:
+        raise HaowuError(f"--direction {bad[0]}: choose creator or product")
+    folder = workdir or Path(tempfile.mkdtemp(prefix=f"haowu-bench-batch-{preset}-"))
+    try:
+        result = run_bench(
+            cfg,
+            folder,
+            directions,
+            tuple(workers or (cfg.batch.workers,)),
+            engine or cfg.batch.engine,
+        )
+    finally:
+        if workdir is None:
+            shutil.rmtree(folder, ignore_errors=True)
     for key, value in result.items():
-        typer.echo(f"{key:>36}: {value}")
+        typer.echo(f"{key:>44}: {value}")
     if out is not None:
         write_json(result, out)
 
@@ -537,7 +737,9 @@ def bench_index(
 @fails_cleanly
 def bench_generate(
     preset: PresetOpt = "tiny",
-    out: Annotated[Path | None, typer.Option(help="where to write (default: a temp folder)")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="where to write (default: a temp folder)")
+    ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -556,6 +758,87 @@ def bench_generate(
             shutil.rmtree(target.parent, ignore_errors=True)
     for key, value in result.items():
         typer.echo(f"{key:>32}: {value}")
+
+
+# --- online service (serve, bench serve) ---
+
+
+FromOpt = Annotated[
+    Path | None,
+    typer.Option("--from", help="pipeline folder: data, tier, matching, lists/*, brokers"),
+]
+
+
+@app.command()
+@fails_cleanly
+def serve(
+    from_: FromOpt = None,
+    model: Annotated[
+        str | None, typer.Option(help="matching RUN_DIR or models:/haowu-matching@champion")
+    ] = None,
+    data: Annotated[Path | None, typer.Option(help="data folder (catalog, promoted goods)")] = None,
+    tiers: Annotated[Path | None, typer.Option(help="train-tier run folder")] = None,
+    lists: Annotated[Path | None, typer.Option(help="creator -> goods batch lists")] = None,
+    product_lists: Annotated[Path | None, typer.Option(help="product -> creators lists")] = None,
+    brokers: Annotated[Path | None, typer.Option(help="match-brokers output folder")] = None,
+    host: Annotated[str | None, typer.Option(help="bind address (serve.host)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (serve.port)")] = None,
+    workers: Annotated[int | None, typer.Option(help="worker processes (serve.workers)")] = None,
+    preset: PresetOpt = "small",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """The online lookup service (OpenAPI at /docs); SIGHUP or POST /admin/reload reloads."""
+    from serving.server import run_server, sources_from_flags
+
+    overrides = list(set_ or [])
+    for key, value in (("host", host), ("port", port), ("workers", workers)):
+        if value is not None:
+            overrides.append(f"serve.{key}={value}")
+    cfg = settings(preset, config, overrides)
+    sources = sources_from_flags(
+        from_,
+        model,
+        data=data,
+        tiers=tiers,
+        lists=lists,
+        product_lists=product_lists,
+        brokers=brokers,
+    )
+    run_server(cfg, sources, preset, config, overrides)
+
+
+@bench_app.command("serve")
+@fails_cleanly
+def bench_serve(
+    from_: Annotated[Path, typer.Option("--from", help="pipeline folder to serve")],
+    rate: Annotated[float, typer.Option(help="GET goods requests per second (open loop)")] = 500,
+    cold_rate: Annotated[float, typer.Option(help="POST /creators/goods per second")] = 20,
+    seconds: Annotated[float, typer.Option(help="length of each timed scenario")] = 20,
+    connections: Annotated[int, typer.Option(help="client connections (open loop)")] = 16,
+    port: Annotated[int, typer.Option(help="loopback port for the service")] = 8765,
+    out: Annotated[Path | None, typer.Option(help="also write the figures as JSON here")] = None,
+    preset: PresetOpt = "small",
+    set_: SetOpt = None,
+) -> None:
+    """Load-test `haowu serve --from DIR` on loopback: latency, capacity, cold start, reload."""
+    from features.io import write_json
+    from serving.serve_bench import run_bench
+
+    result = run_bench(
+        from_,
+        preset,
+        rate=rate,
+        cold_rate=cold_rate,
+        seconds=seconds,
+        connections=connections,
+        port=port,
+        overrides=list(set_ or []),
+    )
+    for key, value in result.items():
+        typer.echo(f"{key:>36}: {value}")
+    if out is not None:
+        write_json(result, out)
 
 
 if __name__ == "__main__":

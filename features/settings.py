@@ -304,7 +304,9 @@ class MatchingConfig(StrictModel):
     )
     # training
     lr: float = Field(3e-3, gt=0, description="AdamW learning rate of the MLPs")
-    embedding_lr: float = Field(0.05, gt=0, description="row-wise Adagrad learning rate of embeddings")
+    embedding_lr: float = Field(
+        0.05, gt=0, description="row-wise Adagrad learning rate of embeddings"
+    )
     weight_decay: float = Field(1e-4, ge=0)
     batch_size: int = Field(2048, gt=1)
     epochs: int = Field(20, gt=0)
@@ -401,7 +403,29 @@ class PolicyConfig(StrictModel):
     diversity_method: Literal["mmr_sort", "mmr", "cap", "none"] = "mmr_sort"
     diversity_level: Literal["category_l1", "category_l2", "category_l3"] = "category_l3"
     category_cap_share: float = Field(0.1, gt=0, le=1)
-    mmr_lambda: float = Field(0.7, ge=0, le=1)
+    mmr_lambda: float = Field(0.75, ge=0, le=1)
+
+
+class ServeConfig(StrictModel):
+    """The online lookup service (`haowu serve`); see configs/serve/default.yaml."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1)
+    threads: int = Field(1, ge=1, description="torch / FAISS threads per worker")
+    default_k: int = Field(20, ge=1, le=500)
+    use_batch_lists: bool = True
+    use_product_lists: bool = True
+    max_body_bytes: int = Field(65536, gt=0)
+    admin_token_env: str = "HAOWU_ADMIN_TOKEN"
+    api_key_env: str = "HAOWU_API_KEY"
+    protect_metrics: bool = False
+    reload_on_sighup: bool = True
+    load_timeout_s: float = Field(600, gt=0)
+    access_log: bool = True
+    tune_index: bool = True
+    index_cache_dir: Path | None = None
+    model_cache_dir: Path | None = None
 
 
 class TierModelParams(StrictModel):
@@ -472,6 +496,27 @@ class TierConfig(StrictModel):
     bench: TierBenchParams = TierBenchParams()
 
 
+class BatchBenchParams(StrictModel):
+    """`haowu bench batch`: synthetic world and the sample compared with exact search."""
+
+    k: int = Field(100, gt=0)
+    eval_queries: int = Field(1000, gt=0, description="sampled queries: ANN recall and exact q/s")
+    seen_per_creator: int = Field(0, ge=0, description="0: interactions / creators of the preset")
+    seed: int = 11
+
+
+class BatchConfig(StrictModel):
+    """The batch job's runner (serving/batch.py): parts, engine and parallelism."""
+
+    shard_size: int = Field(5_000, gt=0, description="queries per part-NNNNN.parquet")
+    engine: Literal["local", "ray"] = "local"
+    workers: int = Field(2, gt=0, description="processes (local) or actors (ray)")
+    cores: int = Field(
+        0, ge=0, description="cores split among workers; 0: all this process may use"
+    )
+    bench: BatchBenchParams = BatchBenchParams()
+
+
 class Settings(StrictModel):
     """Every group a job may read. Later groups default so old configs keep loading."""
 
@@ -482,6 +527,8 @@ class Settings(StrictModel):
     brokers: BrokersConfig = BrokersConfig()
     index: IndexConfig = IndexConfig()
     policy: PolicyConfig = PolicyConfig()
+    batch: BatchConfig = BatchConfig()
+    serve: ServeConfig = ServeConfig()
 
 
 GROUPS: tuple[str, ...] = tuple(Settings.model_fields)

@@ -12,6 +12,8 @@ import json
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 from features.errors import HaowuError
 from features.settings import RegistryConfig
@@ -60,9 +62,13 @@ def format_gate_table(rows: list[GateRow]) -> str:
         champ = "-" if r.champion is None else f"{r.champion:.4f}"
         chall = "-" if r.challenger is None else f"{r.challenger:.4f}"
         delta = (
-            "-" if r.champion is None or r.challenger is None else f"{r.challenger - r.champion:+.4f}"
+            "-"
+            if r.champion is None or r.challenger is None
+            else f"{r.challenger - r.champion:+.4f}"
         )
-        lines.append(f"{r.metric:<16}{champ:>12}{chall:>12}{delta:>10}  {'ok' if r.passed else 'WORSE'}")
+        lines.append(
+            f"{r.metric:<16}{champ:>12}{chall:>12}{delta:>10}  {'ok' if r.passed else 'WORSE'}"
+        )
     return "\n".join(lines)
 
 
@@ -110,8 +116,12 @@ def _set_champion(client, name: str, version: str, alias: str, history: list[str
     client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
 
 
-def gate_rows(champion: dict[str, float], challenger: dict[str, float], gates: dict[str, str],
-              tolerance: float) -> list[GateRow]:
+def gate_rows(
+    champion: dict[str, float],
+    challenger: dict[str, float],
+    gates: dict[str, str],
+    tolerance: float,
+) -> list[GateRow]:
     """Compare metric by metric; a missing challenger metric fails its gate."""
     rows = []
     for metric, direction in gates.items():
@@ -144,9 +154,13 @@ def promote(
     rows: list[GateRow] = []
     if champion is not None:
         old_run, new_run = client.get_run(champion.run_id), client.get_run(run_id)
-        rows = gate_rows(old_run.data.metrics, new_run.data.metrics, cfg.gates.get(name, {}),
-                         cfg.tolerance)
-        old_fp, new_fp = old_run.data.tags.get(FINGERPRINT_TAG), new_run.data.tags.get(FINGERPRINT_TAG)
+        rows = gate_rows(
+            old_run.data.metrics, new_run.data.metrics, cfg.gates.get(name, {}), cfg.tolerance
+        )
+        old_fp, new_fp = (
+            old_run.data.tags.get(FINGERPRINT_TAG),
+            new_run.data.tags.get(FINGERPRINT_TAG),
+        )
         if old_fp != new_fp and not force:
             raise PromotionRefused(
                 f"data fingerprint differs (champion {old_fp}, challenger {new_fp}); "
@@ -154,17 +168,55 @@ def promote(
                 format_gate_table(rows),
             )
         if not all(r.passed for r in rows) and not force:
-            raise PromotionRefused(f"challenger v{challenger.version} is worse than champion "
-                                   f"v{champion.version}", format_gate_table(rows))
+            raise PromotionRefused(
+                f"challenger v{challenger.version} is worse than champion v{champion.version}",
+                format_gate_table(rows),
+            )
     history.append(str(challenger.version))
     _set_champion(client, name, str(challenger.version), cfg.champion_alias, history)
-    client.set_model_version_tag(name, challenger.version, "haowu.promoted_at",
-                                 datetime.now(UTC).isoformat(timespec="seconds"))
+    client.set_model_version_tag(
+        name,
+        challenger.version,
+        "haowu.promoted_at",
+        datetime.now(UTC).isoformat(timespec="seconds"),
+    )
     if force:
         client.set_model_version_tag(name, challenger.version, "haowu.forced_reason", reason or "")
     log.info("%s v%s is champion", name, challenger.version)
-    return Promotion(name, str(challenger.version), None if champion is None else str(champion.version),
-                     rows, forced=force)
+    return Promotion(
+        name,
+        str(challenger.version),
+        None if champion is None else str(champion.version),
+        rows,
+        forced=force,
+    )
+
+
+def run_id_of(run_dir: Path) -> str:
+    """The MLflow run id a job's RUN_DIR recorded in `run.json`."""
+    path = Path(run_dir) / "run.json"
+    if not path.is_file():
+        raise HaowuError(f"{run_dir} has no run.json: not a finished train-* run folder")
+    return json.loads(path.read_text())["run_id"]
+
+
+def promote_run_dir(name: str, run_dir: Path, cfg: RegistryConfig) -> dict[str, Any]:
+    """The pipeline's promote step: try the gate, report the outcome instead of raising on
+    a refusal (the pipeline's own lists use its own model either way)."""
+    run_id = run_id_of(run_dir)
+    try:
+        result = promote(name, run_id, cfg)
+    except PromotionRefused as exc:
+        reason = str(exc).splitlines()[0].removeprefix("promotion refused: ")
+        log.warning("%s from %s not promoted: %s\n%s", name, run_dir, reason, exc.table)
+        return {"status": "refused", "reason": reason, "run_id": run_id, "table": exc.table}
+    return {
+        "status": "champion",
+        "version": result.version,
+        "previous": result.previous,
+        "run_id": run_id,
+        "table": result.table if result.rows else "",
+    }
 
 
 def rollback(name: str, cfg: RegistryConfig) -> tuple[str, str]:

@@ -40,7 +40,11 @@ def main(data_dir: Path, preset: str) -> None:
 
     def cuts_for(valid_score: np.ndarray) -> np.ndarray:
         return fit_cuts(
-            valid_score, y_valid, m.cut_rounds, m.cut_candidates, m.l5_target_precision,
+            valid_score,
+            y_valid,
+            m.cut_rounds,
+            m.cut_candidates,
+            m.l5_target_precision,
             m.l5_min_support,
         )
 
@@ -57,8 +61,10 @@ def main(data_dir: Path, preset: str) -> None:
             flush=True,
         )
 
-    print("| variant | qwk | macro_f1 | accuracy | l5_prec | l5_rec | truth qwk | truth acc "
-          "| trees | fit s |")
+    print(
+        "| variant | qwk | macro_f1 | accuracy | l5_prec | l5_rec | truth qwk | truth acc "
+        "| trees | fit s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
 
     def tier_model(name: str, **changes) -> TierModel:
@@ -74,49 +80,83 @@ def main(data_dir: Path, preset: str) -> None:
     valid_score = chosen.predict_score(valid)
     cut_qwk = fit_cuts(valid_score, y_valid, m.cut_rounds, m.cut_candidates, 1.0, len(valid) + 1)
     report("regression + QWK cuts only", chosen.predict_score, cut_qwk, 0, chosen.num_trees)
-    report("regression + rounding (cuts k + 0.5)", chosen.predict_score,
-           np.arange(5) + 0.5, 0, chosen.num_trees)
-    report("regression + label-share cuts", chosen.predict_score,
-           distribution_cuts(valid_score, y_valid), 0, chosen.num_trees)
+    report(
+        "regression + rounding (cuts k + 0.5)",
+        chosen.predict_score,
+        np.arange(5) + 0.5,
+        0,
+        chosen.num_trees,
+    )
+    report(
+        "regression + label-share cuts",
+        chosen.predict_score,
+        distribution_cuts(valid_score, y_valid),
+        0,
+        chosen.num_trees,
+    )
     huber = m.lightgbm | {"objective": "huber", "alpha": 1.0}
     tier_model("regression, huber objective", ordinal="regression", lightgbm=huber)
     tier_model("free interactions (path attribution)", interactions="free")
     tier_model("no cold augmentation", cold_augment_share=0.0)
 
     # cumulative (all-threshold) model: one monotone binary booster per P(tier > k)
-    params = dict(m.lightgbm) | {"objective": "binary", "num_threads": m.train_threads,
-                                 "monotone_constraints": [1] * len(FEATURES)}
+    params = dict(m.lightgbm) | {
+        "objective": "binary",
+        "num_threads": m.train_threads,
+        "monotone_constraints": [1] * len(FEATURES),
+    }
     x_train, x_valid = feature_matrix(train), feature_matrix(valid)
     start, boosters = time.perf_counter(), []
     for k in range(5):
-        boosters.append(lgb.train(
-            params, lgb.Dataset(x_train, (y_train > k).astype(float)), m.num_boost_round,
-            valid_sets=[lgb.Dataset(x_valid, (y_valid > k).astype(float))],
-            callbacks=[lgb.early_stopping(m.early_stopping_rounds, verbose=False)],
-        ))
+        boosters.append(
+            lgb.train(
+                params,
+                lgb.Dataset(x_train, (y_train > k).astype(float)),
+                m.num_boost_round,
+                valid_sets=[lgb.Dataset(x_valid, (y_valid > k).astype(float))],
+                callbacks=[lgb.early_stopping(m.early_stopping_rounds, verbose=False)],
+            )
+        )
 
     def cumulative(frame: pd.DataFrame) -> np.ndarray:
         return sum(b.predict(feature_matrix(frame)) for b in boosters)  # expected tier
 
     seconds = time.perf_counter() - start
-    report("cumulative, plain (no dimension constraint, no cold copies)", cumulative,
-           cuts_for(cumulative(valid)), seconds, sum(b.num_trees() for b in boosters))
+    report(
+        "cumulative, plain (no dimension constraint, no cold copies)",
+        cumulative,
+        cuts_for(cumulative(valid)),
+        seconds,
+        sum(b.num_trees() for b in boosters),
+    )
 
     # multiclass: monotone constraints would apply one sign to every class's raw score, so
     # none are set; argmax ignores the order of the tiers
-    params = dict(m.lightgbm) | {"objective": "multiclass", "num_class": 6,
-                                 "num_threads": m.train_threads}
+    params = dict(m.lightgbm) | {
+        "objective": "multiclass",
+        "num_class": 6,
+        "num_threads": m.train_threads,
+    }
     start = time.perf_counter()
-    multi = lgb.train(params, lgb.Dataset(x_train, y_train), m.num_boost_round,
-                      valid_sets=[lgb.Dataset(x_valid, y_valid)],
-                      callbacks=[lgb.early_stopping(m.early_stopping_rounds, verbose=False)])
+    multi = lgb.train(
+        params,
+        lgb.Dataset(x_train, y_train),
+        m.num_boost_round,
+        valid_sets=[lgb.Dataset(x_valid, y_valid)],
+        callbacks=[lgb.early_stopping(m.early_stopping_rounds, verbose=False)],
+    )
     seconds = time.perf_counter() - start
 
     def argmax(frame: pd.DataFrame) -> np.ndarray:
         return multi.predict(feature_matrix(frame)).argmax(axis=1).astype(float)
 
-    report("multiclass argmax (no monotonicity)", argmax, np.arange(5) + 0.5, seconds,
-           multi.num_trees())
+    report(
+        "multiclass argmax (no monotonicity)",
+        argmax,
+        np.arange(5) + 0.5,
+        seconds,
+        multi.num_trees(),
+    )
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from features.errors import HaowuError
@@ -20,8 +22,9 @@ def _register(recall: float, fingerprint: str = "fp-a") -> str:
         def predict(self, context, model_input, params=None):  # noqa: ARG002
             return model_input
 
-    with tracking.job_run("gate-test", {"recall": recall},
-                          tags={"haowu.data_fingerprint": fingerprint}) as run:
+    with tracking.job_run(
+        "gate-test", {"recall": recall}, tags={"haowu.data_fingerprint": fingerprint}
+    ) as run:
         tracking.log_metrics({"recall@50": recall})
         mlflow.pyfunc.log_model(name="model", python_model=Echo(), registered_model_name=NAME)
     return run.info.run_id
@@ -73,3 +76,42 @@ def test_unknown_run_is_a_clear_error() -> None:
 def test_rollback_without_history() -> None:
     with pytest.raises(HaowuError, match="no registered model"):
         rollback("haowu-never-registered", CFG)
+
+
+def test_cli_refusal_prints_the_side_by_side_table(runs: dict[str, str]) -> None:
+    """After test_gate_sequence: champion v2 (recall 0.35); the worse run is refused."""
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    args = [
+        "promote",
+        "--model",
+        NAME,
+        "--run",
+        runs["worse"],
+        "--set",
+        f"registry.gates={{{NAME}: {{'recall@50': higher}}}}",
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1
+    assert "promotion refused" in result.output
+    assert re.search(r"recall@50\s+0\.3500\s+0\.2000\s+-0\.1500\s+WORSE", result.output)
+
+    result = CliRunner().invoke(app, ["rollback", "--model", NAME])
+    assert result.exit_code == 0 and "champion v2 -> v1" in result.output
+
+
+def test_unreachable_registry_fails_fast(monkeypatch) -> None:
+    import time
+
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
+    start = time.perf_counter()
+    result = CliRunner().invoke(app, ["promote", "--model", NAME, "--run", "0" * 32])
+    assert result.exit_code == 1
+    assert "http://127.0.0.1:1 cannot be reached" in result.output
+    assert time.perf_counter() - start < 30  # MLflow's own defaults retry for minutes
