@@ -10,7 +10,7 @@ a permutation of the columns per row; the policy keeps the first k. Invalid cand
   per batch, so it costs a few microseconds per list.
 - `mmr_rerank` (one knob `lam`): maximal marginal relevance with a hierarchical category
   similarity (same l3 > same l2 > same l1). Greedy over k steps, so roughly k times the
-  work of `cap_rerank`; kept for comparison (see notes/retrieval.md).
+  work of `cap_rerank`; kept for comparison (README, "Retrieval").
 """
 
 from __future__ import annotations
