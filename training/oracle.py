@@ -15,6 +15,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from features.matching_data import IdIndex
+from features.synthetic.oracle import take_columns
 from models.recommender import Recommender, RecommenderError
 
 log = logging.getLogger(__name__)
@@ -29,8 +30,12 @@ class OracleRecommender(Recommender):
         self.data_dir = Path(data_dir)
         self.creators, self.products = creators, products
         self.oracle = Oracle.load(self.data_dir)
-        # oracle columns are in products-table order; ours are sorted-ID positions
-        self.columns = products.positions(np.asarray(self.oracle.product_ids), strict=False)
+        # the oracle's columns are in its leaf order; ours are sorted-ID positions
+        leaf_ordered_ids = np.asarray(self.oracle.product_ids)[self.oracle.leaf_order]
+        columns = products.positions(leaf_ordered_ids, strict=False)
+        # for each of our positions, the oracle column holding it (-1: not in the truth)
+        self.source = np.full(len(products), -1, dtype=np.int64)
+        self.source[columns[columns >= 0]] = np.flatnonzero(columns >= 0)
         self.n_products = len(products)
 
     @staticmethod
@@ -45,10 +50,9 @@ class OracleRecommender(Recommender):
         return self  # the truth needs no fitting
 
     def score(self, creators: np.ndarray) -> np.ndarray:
-        raw = np.asarray(self.oracle.scores(self.creators.ids[creators]), dtype=np.float32)
-        out = np.full((len(creators), self.n_products), -np.inf, dtype=np.float32)
-        known = self.columns >= 0
-        out[:, self.columns[known]] = raw[:, known]
+        raw = self.oracle.scores_by_leaf(self.creators.ids[creators])
+        out = take_columns(raw, np.maximum(self.source, 0))
+        out[:, self.source < 0] = -np.inf
         return out
 
     def _save(self, path: Path) -> dict[str, Any]:

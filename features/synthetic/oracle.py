@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import sparse
 
 from features.synthetic import truth as files
 
@@ -59,6 +58,7 @@ class Oracle:
         # (its normaliser Z is a reduction over the block); columns are put back at the end.
         leaf = np.asarray(product_leaf, dtype=np.int64)
         by_leaf = np.argsort(leaf, kind="stable")
+        self._by_leaf = by_leaf
         self._unsort = np.argsort(by_leaf)
         self._leaf_ids, self._starts, self._sizes = np.unique(
             leaf[by_leaf], return_index=True, return_counts=True
@@ -70,14 +70,6 @@ class Oracle:
         band = np.asarray(product_band, dtype=np.int64)[by_leaf]
         bands = np.arange(max(int(band.max(initial=0)), int(self._creator_band.max(initial=0))) + 1)
         self._price_fit = (-beta * np.abs(bands[:, None] - band[None, :])).astype(np.float32)
-        # block-sum matrix: (leaves, N) sparse ones, so block sums are one sparse product
-        self._block_sum = sparse.csr_matrix(
-            (
-                np.ones(len(leaf), dtype=np.float32),
-                (np.repeat(np.arange(len(self._sizes)), self._sizes), np.arange(len(leaf))),
-            ),
-            shape=(len(self._sizes), len(leaf)),
-        )
 
     @classmethod
     def load(cls, data_dir: Path) -> Oracle:
@@ -136,22 +128,39 @@ class Oracle:
         with np.errstate(divide="ignore"):
             return np.log(prob).astype(np.float32)
 
-    def scores(self, creator_ids: np.ndarray) -> np.ndarray:
-        """(len(creator_ids), n_products) float32: log true propensity, products table order.
-        Memory is a few (batch, n_products) float32 arrays: batch creators accordingly."""
+    @property
+    def leaf_order(self) -> np.ndarray:
+        """Products-table positions of `scores_by_leaf`'s columns."""
+        return self._by_leaf
+
+    def scores_by_leaf(self, creator_ids: np.ndarray) -> np.ndarray:
+        """(len(creator_ids), n_products) float32 log true propensity, columns in
+        `leaf_order`: each leaf is a contiguous block, so its normaliser Z(c, leaf) is a
+        log-sum-exp over a slice (one pass per leaf over cache-sized blocks, no gathers)."""
         rows = self._rows(creator_ids)
-        # log(popularity * exp(a)) for every (creator, product), leaf-sorted columns
+        # log(popularity * exp(a)) for every (creator, product)
         weight = self._taste[rows] @ self._latent.T  # (B, N)
         weight *= self._alpha
         weight += self._base
         weight += self._price_fit[self._creator_band[rows]]
-        # log Z(c, leaf): a stable log-sum-exp over each leaf's block
-        peak = np.maximum.reduceat(weight, self._starts, axis=1)  # (B, leaves)
-        shifted = weight - np.repeat(peak, self._sizes, axis=1)
-        np.exp(shifted, out=shifted)
-        block_sum = (self._block_sum @ shifted.T).T  # (B, leaves)
-        del shifted
-        log_z = peak + np.log(block_sum)
-        leaf_term = self.log_leaf_probability(rows)[:, self._leaf_ids] - log_z
-        weight += np.repeat(leaf_term.astype(np.float32), self._sizes, axis=1)
-        return weight[:, self._unsort]
+        leaf_term = self.log_leaf_probability(rows)[:, self._leaf_ids]  # (B, leaves)
+        for i, (start, size) in enumerate(zip(self._starts, self._sizes, strict=True)):
+            block = weight[:, start : start + size]
+            peak = block.max(axis=1, keepdims=True)
+            log_z = peak + np.log(np.exp(block - peak).sum(axis=1, keepdims=True))
+            block += leaf_term[:, i : i + 1] - log_z
+        return weight
+
+    def scores(self, creator_ids: np.ndarray) -> np.ndarray:
+        """(len(creator_ids), n_products) float32: log true propensity, products table order.
+        Memory is a few (batch, n_products) float32 arrays: batch creators accordingly."""
+        return take_columns(self.scores_by_leaf(creator_ids), self._unsort)
+
+
+def take_columns(a: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """`a[:, columns]`, one row at a time: a row stays in cache while it is gathered,
+    which is ~4x faster than numpy's 2-D fancy indexing on (1024, 200k) floats."""
+    out = np.empty((a.shape[0], len(columns)), dtype=a.dtype)
+    for row in range(a.shape[0]):
+        np.take(a[row], columns, out=out[row])
+    return out
