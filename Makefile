@@ -13,7 +13,7 @@ PIPELINE_ARGS ?=
 
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: help install run test test-all bench lint clean
+.PHONY: help install run test bench lint clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -32,8 +32,18 @@ run: install  ## the whole pipeline on synthetic `small` data (PRESET=tiny for s
 test: install  ## the whole test suite
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-bench: install  ## performance benchmarks on PRESET (default small)
+BENCH_DIR ?= runs/bench
+
+bench: install  ## every benchmark on PRESET (default small); figures also in BENCH_DIR/*.json
+	@mkdir -p $(BENCH_DIR)
 	$(BIN)/haowu bench generate --preset $(PRESET)
+	$(BIN)/haowu bench tier --preset $(PRESET)
+	$(BIN)/haowu bench train --preset $(PRESET) --out $(BENCH_DIR)/train
+	$(BIN)/haowu bench index --preset $(PRESET) --out $(BENCH_DIR)/index.json --diversity $(BENCH_DIR)/diversity
+	$(BIN)/haowu bench batch --preset $(PRESET) --out $(BENCH_DIR)/batch.json
+	$(BIN)/haowu bench brokers --preset $(PRESET)
+	@test -f $(RUN_DIR)/.steps/_layout.json || $(MAKE) run
+	$(BIN)/haowu bench serve --preset $(PRESET) --from $(RUN_DIR) --out $(BENCH_DIR)/serve.json
 
 lint: install  ## ruff
 	$(BIN)/ruff check .

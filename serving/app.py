@@ -30,7 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from features.settings import Settings, load_settings
 from serving.bundle import Bundle, load_bundle
-from serving.lookup import InvalidRequestError, NotFoundError, UnsupportedError
+from serving.lookup import InvalidRequestError, NotFoundError, UnsupportedError, warm_up
 from serving.observability import (
     BodyTooLargeError,
     Metrics,
@@ -134,7 +134,7 @@ def create_app(
     metrics = Metrics()
     load_from = sources or bundle.sources  # type: ignore[union-attr]
     state = ServingState(
-        loader or (lambda: load_bundle(load_from, cfg, previous=state.bundle)),
+        loader or (lambda: warm_up(load_bundle(load_from, cfg, previous=state.bundle))),
         on_swap=metrics.model_swapped,
         on_done=lambda record: metrics.reloads.labels(record.status).inc(),
     )

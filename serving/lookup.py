@@ -347,6 +347,15 @@ def creators_for_new_product(b: Bundle, product: NewProduct, k: int) -> CreatorL
 # --------------------------------------------------------------------------- tiers, brokers
 
 
+def warm_up(b: Bundle) -> Bundle:
+    """One newcomer query of each kind before the bundle serves, so torch's and FAISS's
+    first-call costs (~50 ms on `small`) are paid by the load, not by a user's request."""
+    if b.embedder is not None:
+        goods_for_new_creator(b, NewCreator(), 1)
+        creators_for_new_product(b, NewProduct(), 1)
+    return b
+
+
 def product_tier(b: Bundle, product: str) -> TierAnswer:
     if b.tiers is None:
         raise NotFoundError("tiers_not_loaded", "this service was started without tiers")
