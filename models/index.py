@@ -196,6 +196,12 @@ class EmbeddingIndex:
         sel, _bits = bitmap(self._alive) if masked else (None, None)
         params: Any = faiss.SearchParametersIVF(nprobe=nprobe, sel=sel)
         if self.kind == "ivf_pq_refine":
+            # the refine budget was tuned for k_tuned results (k_factor * k_tuned exact
+            # re-ranks); an over-fetch beyond it re-ranks within the same budget, so its
+            # first k_tuned keep the tuned recall and the rest is the policy's reserve
+            k_tuned = int(self.params.get("tune", {}).get("k", k))
+            if k > k_tuned:
+                k_factor = max(1.0, k_factor * k_tuned / k)
             params = faiss.IndexRefineSearchParameters(k_factor=k_factor, base_index_params=params)
         return self._to_ids(*self._index.search(queries, k, params=params))
 

@@ -74,6 +74,21 @@ def test_tuned_ann_reaches_recall_against_exact(kind, items, queries) -> None:
         assert 1 <= record.nprobe < index.params["nlist"]  # ANN, not an exhaustive scan
 
 
+def test_over_fetch_keeps_the_tuned_recall_on_top(items, queries) -> None:
+    """The policy fetches 2k: the first k of that fetch keep the recall tuned at k, and
+    the refine store re-ranks no more candidates than the tuned budget."""
+    vectors, ids = items
+    index = EmbeddingIndex.build(vectors, ids, _cfg("ivf_pq_refine", refine_k_factor=2.0))
+    record = index.tune(queries[:150], target_recall=0.95, k=20)
+    held_out = queries[150:]
+    truth, _ = index.exact(held_out, 20)
+    fetched, _ = index.search(held_out, 40)
+    assert recall_at_k(fetched[:, :20], truth) >= 0.9
+    tight, _ = index.search(held_out, 20)
+    # k_factor * 20 candidates re-ranked either way: the tuned k's list is unchanged
+    assert record.k_factor >= 1 and (fetched[:, :20] == tight).mean() > 0.95
+
+
 def test_ann_on_uniform_random_vectors() -> None:
     """No cluster structure to exploit: tune must still find a probe count that works."""
     vectors, q = _random(4000, 3), _random(200, 4)
