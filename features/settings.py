@@ -274,6 +274,12 @@ class MatchingConfig(StrictModel):
     min_id_count: int = Field(
         1, ge=1, description="IDs with fewer training pairs share the OOV row"
     )
+    creator_history: bool = Field(
+        True, description="the creator tower reads the mean embedding of its training goods"
+    )
+    history_max_items: int = Field(
+        100, ge=0, description="random sample of a longer history (0 = all)"
+    )
     creator_categorical: list[str] = Field(default=["category_pref", "price_band", "region"])
     creator_numeric: list[str] = Field(
         default=["followers", "fans_female_share", "account_age_days"]
@@ -332,9 +338,9 @@ class MatchingConfig(StrictModel):
     baselines: list[Literal["pop", "als", "ease", "itemknn"]] = Field(
         default=["pop", "als", "ease"]
     )
-    als_factors: int = Field(64, gt=0)
+    als_factors: int = Field(128, gt=0)
     als_regularization: float = Field(0.05, ge=0)
-    als_alpha: float = Field(10.0, gt=0)
+    als_alpha: float = Field(30.0, gt=0)
     als_iterations: int = Field(15, gt=0)
     ease_lambda: float = Field(500.0, gt=0)
     ease_max_products: int = Field(20000, gt=0, description="larger catalogs use ItemKNN")

@@ -5,9 +5,18 @@ Each tower embeds an ID (row 0 is the shared out-of-vocabulary bucket), embeds e
 categorical side feature, concatenates them with the numeric features and runs an MLP;
 the output is L2-normalised, so a score is a cosine divided by the temperature.
 
-ID dropout: while training, a share of IDs is replaced by the OOV row. The tower must
-then place the item from its side features alone, which is exactly what it has to do
-for a cold product (no training interactions, so always the OOV row).
+The creator tower can also read the creator's history: the mean embedding of the goods
+it sold in training (its own table, YouTube-DNN style). A creator with few pairs then
+borrows strength from the goods' shared rows instead of relying on one sparsely trained
+ID row. In training the target product is left out of its own row's history, so the
+tower cannot learn to find the answer in its input.
+
+ID dropout: while training, a share of IDs is replaced by the OOV row (and, for
+creators, the history by an empty one). The tower must then place the item from its
+side features alone, which is exactly what it has to do for a cold product (no
+training interactions, so always the OOV row) or a newcomer creator. A tower without
+side features has nothing to fall back on, so it never drops its IDs: on an ID-only
+log dropout would only add noise (measured: Recall@50 0.162 -> 0.170 without it).
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ class TowerSpec:
     n_ids: int  # ID table rows, OOV row 0 included
     cardinalities: list[int] = field(default_factory=list)  # per categorical feature, 0 included
     n_numeric: int = 0
+    history_rows: int = 0  # > 0: the tower reads a bag of these rows (the creator's goods)
 
 
 @dataclass
@@ -52,40 +62,83 @@ class TwoTowerConfig:
         )
 
 
+@dataclass
+class HistoryBatch:
+    """Embedding-bag input: the flattened history rows of B creators."""
+
+    items: torch.Tensor  # (N,) int64 rows of the history table
+    offsets: torch.Tensor  # (B,) int64 start of each creator's bag in `items`
+    weights: torch.Tensor  # (N,) float32, 0 for a left-out item
+    counts: torch.Tensor  # (B,) float32 sum of each bag's weights
+
+
 class Tower(nn.Module):
     """IDs + side features -> unit-length embedding."""
 
     def __init__(self, spec: TowerSpec, cfg: TwoTowerConfig) -> None:
         super().__init__()
-        self.id_dropout = cfg.id_dropout
+        has_side = bool(spec.cardinalities) or spec.n_numeric > 0
+        self.id_dropout = cfg.id_dropout if has_side else 0.0
         # sparse gradients: only the rows in a batch are touched (row-wise Adagrad), which keeps
         # a step cheap with millions of IDs
         self.ids = nn.Embedding(spec.n_ids, cfg.id_dim, sparse=True)
         self.categorical = nn.ModuleList(
             nn.Embedding(n, cfg.side_dim, sparse=True) for n in spec.cardinalities
         )
-        width = cfg.id_dim + cfg.side_dim * len(spec.cardinalities) + spec.n_numeric
+        # the history table is dropped when a service only embeds newcomers (no history),
+        # so the width is remembered apart from the module
+        self.history_dim = cfg.id_dim if spec.history_rows else 0
+        self.history: nn.EmbeddingBag | None = (
+            nn.EmbeddingBag(spec.history_rows, cfg.id_dim, mode="sum", sparse=True)
+            if spec.history_rows
+            else None
+        )
+        width = (
+            cfg.id_dim + self.history_dim + cfg.side_dim * len(spec.cardinalities) + spec.n_numeric
+        )
         layers: list[nn.Module] = []
         for hidden in cfg.hidden:
             layers += [nn.Linear(width, hidden), nn.ReLU()]
             width = hidden
         layers.append(nn.Linear(width, cfg.out_dim))
         self.mlp = nn.Sequential(*layers)
-        for emb in [self.ids, *self.categorical]:
+        tables: list[nn.Module] = [self.ids, *self.categorical]
+        if self.history is not None:
+            tables.append(self.history)
+        for emb in tables:
             nn.init.normal_(emb.weight, std=0.1)
 
     def forward(
-        self, ids: torch.Tensor, categorical: torch.Tensor, numeric: torch.Tensor
+        self,
+        ids: torch.Tensor,
+        categorical: torch.Tensor,
+        numeric: torch.Tensor,
+        history: HistoryBatch | None = None,
     ) -> torch.Tensor:
         # ids: (B,) int64; categorical: (B, n_cat) int64; numeric: (B, n_num) float32
+        dropped = None
         if self.training and self.id_dropout > 0:
             dropped = torch.rand(ids.shape, device=ids.device) < self.id_dropout
             ids = ids.masked_fill(dropped, 0)
         parts = [self.ids(ids)]
+        if self.history_dim:
+            parts.append(self._history(history, len(ids), dropped))
         parts += [emb(categorical[:, j]) for j, emb in enumerate(self.categorical)]
         parts.append(numeric)
         x = torch.cat(parts, dim=1)  # (B, id_dim + side_dim * n_cat + n_num)
         return F.normalize(self.mlp(x), dim=-1)  # (B, out_dim)
+
+    def _history(
+        self, history: HistoryBatch | None, batch: int, dropped: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Mean history embedding (B, id_dim); zeros for an empty or absent history."""
+        if history is None or self.history is None:
+            return torch.zeros(batch, self.history_dim)
+        total = self.history(history.items, history.offsets, per_sample_weights=history.weights)
+        mean = total / history.counts.clamp(min=1.0)[:, None]
+        if dropped is not None:
+            mean = mean.masked_fill(dropped[:, None], 0.0)
+        return mean
 
 
 class TwoTower(nn.Module):
@@ -106,7 +159,8 @@ class TwoTower(nn.Module):
         return self.log_temperature.exp().clamp(0.01, 1.0)
 
     def sparse_parameters(self) -> list[nn.Parameter]:
-        return [m.weight for m in self.modules() if isinstance(m, nn.Embedding)]
+        tables = (nn.Embedding, nn.EmbeddingBag)
+        return [m.weight for m in self.modules() if isinstance(m, tables)]
 
     def dense_parameters(self) -> list[nn.Parameter]:
         sparse = {id(p) for p in self.sparse_parameters()}

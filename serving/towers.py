@@ -7,7 +7,8 @@ alone. Creator vectors are divided by the temperature, like the exported ones, s
 product with a product vector is the model's logit.
 
 The ID tables are the bulk of the weights (3.5M + 10M rows at `full`) and only row 0
-is ever read here, so they are cut to that row after loading.
+is ever read here, so they are cut to that row after loading; the creator history table
+is dropped (a newcomer has no history: the tower reads an empty one, as in training).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ def _keep_oov_row(tower: nn.Module) -> None:
     """Replace the tower's ID table by its OOV row (row 0): all a newcomer can use."""
     oov = tower.ids.weight.detach()[:1].clone()  # (1, id_dim)
     tower.ids = nn.Embedding.from_pretrained(oov, freeze=True)
+    tower.history = None  # the width stays; a newcomer's history reads as zeros
 
 
 class TowerEmbedder:

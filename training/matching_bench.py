@@ -14,7 +14,13 @@ import psutil
 import torch
 
 from features.settings import Settings
-from models.two_tower import TowerSpec, TwoTower, TwoTowerConfig, in_batch_softmax_loss
+from models.two_tower import (
+    HistoryBatch,
+    TowerSpec,
+    TwoTower,
+    TwoTowerConfig,
+    in_batch_softmax_loss,
+)
 from training.optim import RowWiseAdagrad
 
 log = logging.getLogger(__name__)
@@ -48,7 +54,8 @@ def bench_epoch(cfg: Settings, steps: int = 20, seed: int = 0) -> dict[str, Any]
     torch.set_num_threads(mcfg.threads)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    creator = TowerSpec(data.n_creators + 1, [data.n_leaf_categories + 1, 6, 40], 3)
+    history_rows = data.n_products + 1 if mcfg.creator_history else 0
+    creator = TowerSpec(data.n_creators + 1, [data.n_leaf_categories + 1, 6, 40], 3, history_rows)
     product = TowerSpec(
         data.n_products + 1,
         [
@@ -84,12 +91,30 @@ def bench_epoch(cfg: Settings, steps: int = 20, seed: int = 0) -> dict[str, Any]
         cats = torch.stack([torch.randint(0, c, (len(rows),)) for c in spec.cardinalities], 1)
         return torch.from_numpy(rows), cats, torch.randn(len(rows), spec.n_numeric)
 
+    def history(size: int) -> HistoryBatch | None:
+        """Bags as long as a preset creator's history (Poisson around its mean, capped)."""
+        if not history_rows:
+            return None
+        mean = data.interactions / data.n_creators
+        lengths = rng.poisson(mean, size)
+        if mcfg.history_max_items:
+            lengths = np.minimum(lengths, mcfg.history_max_items)
+        items = np.minimum(rng.zipf(1.2, int(lengths.sum())), history_rows - 1)
+        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        return HistoryBatch(
+            torch.from_numpy(items.astype(np.int64)),
+            torch.from_numpy(offsets.astype(np.int64)),
+            torch.ones(len(items)),
+            torch.from_numpy(lengths.astype(np.float32)),
+        )
+
     timings = []
     for step in range(steps + 2):
         c = rng.integers(1, creator.n_ids, batch)
         p = np.minimum(rng.zipf(1.2, batch), product.n_ids - 1).astype(np.int64)
+        bags = history(batch)
         start = time.perf_counter()
-        u = model.creator_tower(*inputs(creator, c))
+        u = model.creator_tower(*inputs(creator, c), bags)
         v = model.product_tower(*inputs(product, p))
         loss = in_batch_softmax_loss(
             u, v, None, model.temperature, product_keys=torch.from_numpy(p)

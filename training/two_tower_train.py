@@ -26,7 +26,14 @@ from tqdm.auto import tqdm
 from features.encoders import IdEncoder, SideEncoder, SideFeatures, TowerEncoders
 from features.settings import MatchingConfig
 from models.recommender import EmbeddingRecommender, Recommender, RecommenderError
-from models.two_tower import TowerSpec, TwoTower, TwoTowerConfig, in_batch_softmax_loss
+from models.two_tower import (
+    HistoryBatch,
+    TowerSpec,
+    TwoTower,
+    TwoTowerConfig,
+    in_batch_softmax_loss,
+)
+from training.creator_history import CreatorHistory
 from training.optim import RowWiseAdagrad
 
 log = logging.getLogger(__name__)
@@ -37,20 +44,30 @@ EMBED_BATCH = 65536
 class TowerInputs:
     """Encoded inputs of one tower for every position, as tensors to gather batches from."""
 
-    def __init__(self, ids: IdEncoder, side: SideFeatures) -> None:
+    def __init__(
+        self, ids: IdEncoder, side: SideFeatures, history: CreatorHistory | None = None
+    ) -> None:
         self.ids = torch.from_numpy(ids.rows)  # (n,)
         self.categorical = torch.from_numpy(side.categorical)  # (n, n_cat)
         self.numeric = torch.from_numpy(side.numeric)  # (n, n_num)
+        self.history = history
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def take(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.ids[rows], self.categorical[rows], self.numeric[rows]
+    def take(
+        self, rows: torch.Tensor, leave_out: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, HistoryBatch | None]:
+        """A batch's inputs; `leave_out` (B,) products are left out of their row's history."""
+        history = None
+        if self.history is not None:
+            held = leave_out.numpy() if leave_out is not None else None
+            history = self.history.batch(rows.numpy(), held)
+        return self.ids[rows], self.categorical[rows], self.numeric[rows], history
 
 
-def _tower_spec(ids: IdEncoder, side: SideEncoder) -> TowerSpec:
-    return TowerSpec(ids.vocab_size, side.cardinalities, len(side.numeric))
+def _tower_spec(ids: IdEncoder, side: SideEncoder, history_rows: int = 0) -> TowerSpec:
+    return TowerSpec(ids.vocab_size, side.cardinalities, len(side.numeric), history_rows)
 
 
 class TwoTowerRecommender(Recommender):
@@ -125,7 +142,14 @@ class TwoTowerRecommender(Recommender):
             ),
         )
         enc = self.encoders
-        creators_in = TowerInputs(enc.creator_ids, enc.creator_side.transform(creator_frame))
+        history = (
+            CreatorHistory(train, enc.product_ids.rows, cfg.history_max_items, rng)
+            if cfg.creator_history
+            else None
+        )
+        creators_in = TowerInputs(
+            enc.creator_ids, enc.creator_side.transform(creator_frame), history
+        )
         products_in = TowerInputs(enc.product_ids, enc.product_side.transform(product_frame))
         log.info(
             "two-tower inputs: creator %s + %s, product %s + %s",
@@ -136,7 +160,11 @@ class TwoTowerRecommender(Recommender):
         )
         self.model = TwoTower(
             TwoTowerConfig(
-                creator=_tower_spec(enc.creator_ids, enc.creator_side),
+                creator=_tower_spec(
+                    enc.creator_ids,
+                    enc.creator_side,
+                    enc.product_ids.vocab_size if history is not None else 0,
+                ),
                 product=_tower_spec(enc.product_ids, enc.product_side),
                 id_dim=cfg.id_dim,
                 side_dim=cfg.side_dim,
@@ -199,7 +227,7 @@ class TwoTowerRecommender(Recommender):
             for b in bar:
                 idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
                 c, p = creator_t[idx], product_t[idx]
-                u = model.creator_tower(*creators_in.take(c))  # (B, d)
+                u = model.creator_tower(*creators_in.take(c, leave_out=p))  # (B, d)
                 v = model.product_tower(*products_in.take(p))  # (B, d)
                 extra = extra_q = None
                 if cfg.extra_negatives:

@@ -81,6 +81,20 @@ def test_towers_are_normalised_and_id_dropout_only_trains() -> None:
     torch.testing.assert_close(model.creator_tower(ids, cats, nums), oov)  # dropout 1: all OOV
 
 
+def test_a_tower_without_side_features_keeps_its_ids() -> None:
+    # ID-only data: dropping an ID would leave the tower nothing to place the item with
+    cfg = TwoTowerConfig(TowerSpec(10), TowerSpec(20, [3], 0), id_dim=8, out_dim=8, id_dropout=1.0)
+    model = TwoTower(cfg).train()
+    ids, no_cat, no_num = (
+        torch.tensor([1, 2, 3]),
+        torch.zeros(3, 0, dtype=torch.long),
+        torch.zeros(3, 0),
+    )
+    oov = model.creator_tower(torch.zeros(3, dtype=torch.long), no_cat, no_num)
+    assert not torch.allclose(model.creator_tower(ids, no_cat, no_num), oov)
+    assert model.creator_tower.id_dropout == 0.0 and model.product_tower.id_dropout == 1.0
+
+
 def test_config_round_trip() -> None:
     cfg = TwoTowerConfig(TowerSpec(10, [4], 2), TowerSpec(20, [3, 5], 1), hidden=[32, 16])
     assert TwoTowerConfig.from_dict(cfg.to_dict()) == cfg
