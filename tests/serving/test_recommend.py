@@ -25,7 +25,7 @@ from serving.recommend import _RUNS, make_shard_fn
 from serving.retrieval import RetrievalRun
 
 CHEAP = [
-    "matching.epochs=1",
+    "matching.epochs=2",
     "matching.refit_all=false",
     "matching.baselines=[pop]",
     "matching.protocols=[random]",
