@@ -16,7 +16,7 @@ creators, the history by an empty one). The tower must then place the item from 
 side features alone, which is exactly what it has to do for a cold product (no
 training interactions, so always the OOV row) or a newcomer creator. A tower without
 side features has nothing to fall back on, so it never drops its IDs: on an ID-only
-log dropout would only add noise (measured: Recall@50 0.162 -> 0.170 without it).
+log dropout only adds noise (measured there: Recall@50 0.163 with it, 0.171 without).
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ class Tower(nn.Module):
             parts.append(self._history(history, len(ids), dropped))
         parts += [emb(categorical[:, j]) for j, emb in enumerate(self.categorical)]
         parts.append(numeric)
-        x = torch.cat(parts, dim=1)  # (B, id_dim + side_dim * n_cat + n_num)
+        x = torch.cat(parts, dim=1)  # (B, id_dim + history_dim + side_dim * n_cat + n_num)
         return F.normalize(self.mlp(x), dim=-1)  # (B, out_dim)
 
     def _history(
