@@ -42,12 +42,12 @@ class CreatorHistory:
         own row's bag (the training target)."""
         lengths = self.lengths[creators]  # (B,)
         offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        flat = np.arange(int(lengths.sum())) - np.repeat(offsets, lengths)
-        flat += np.repeat(self.indptr[creators], lengths)  # (N,) positions in self.rows
+        bag = np.repeat(np.arange(len(creators)), lengths)  # (N,) bag of each entry
+        # (N,) positions in self.rows: each bag's start in the table plus the rank within it
+        flat = np.arange(len(bag)) - offsets[bag] + self.indptr[creators][bag]
         weights = np.ones(len(flat), dtype=np.float32)
         if leave_out is not None:
-            weights[self.products[flat] == np.repeat(leave_out, lengths)] = 0.0
-        bag = np.repeat(np.arange(len(creators)), lengths)  # (N,) bag of each entry
+            weights[self.products[flat] == leave_out[bag]] = 0.0
         counts = np.bincount(bag, weights=weights, minlength=len(creators)).astype(np.float32)
         return HistoryBatch(
             torch.from_numpy(self.rows[flat]),
