@@ -277,6 +277,9 @@ class MatchingConfig(StrictModel):
     creator_history: bool = Field(
         True, description="the creator tower reads the mean embedding of its training goods"
     )
+    history_replaces_creator_id: bool = Field(
+        True, description="a creator tower without side features reads its history, not its ID"
+    )
     history_max_items: int = Field(
         100, ge=0, description="random sample of a longer history (0 = all)"
     )
@@ -313,7 +316,13 @@ class MatchingConfig(StrictModel):
     embedding_lr: float = Field(
         0.05, gt=0, description="row-wise Adagrad learning rate of embeddings"
     )
-    weight_decay: float = Field(1e-4, ge=0)
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay of the MLPs")
+    embedding_weight_decay: float = Field(
+        0.0, ge=0, description="L2 on the embedding rows a batch touches"
+    )
+    id_only_dropout: float = Field(
+        0.2, ge=0, lt=1, description="dropout on the MLP input of a tower without side features"
+    )
     batch_size: int = Field(2048, gt=1)
     epochs: int = Field(20, gt=0)
     patience: int = Field(2, ge=0, description="epochs without val improvement before stopping")

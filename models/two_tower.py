@@ -14,9 +14,13 @@ tower cannot learn to find the answer in its input.
 ID dropout: while training, a share of IDs is replaced by the OOV row (and, for
 creators, the history by an empty one). The tower must then place the item from its
 side features alone, which is exactly what it has to do for a cold product (no
-training interactions, so always the OOV row) or a newcomer creator. A tower without
-side features has nothing to fall back on, so it never drops its IDs: on an ID-only
-log dropout only adds noise (measured there: Recall@50 0.163 with it, 0.171 without).
+training interactions, so always the OOV row) or a newcomer creator.
+
+A tower without side features (an ID-only log) has nothing to fall back on, so it keeps
+its IDs and is regularised by dropout on its MLP input instead; and an ID-only creator
+tower with a history reads the history alone (the trainer maps every creator to the OOV
+row): a creator's own ID row memorises its training goods. Measured on three ID-only
+logs (README), each step lifts test Recall@50.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ class TwoTowerConfig:
     temperature: float = 0.05
     learn_temperature: bool = False
     id_dropout: float = 0.1
+    id_only_dropout: float = 0.0  # on the MLP input of a tower without side features
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,7 +83,10 @@ class Tower(nn.Module):
     def __init__(self, spec: TowerSpec, cfg: TwoTowerConfig) -> None:
         super().__init__()
         has_side = bool(spec.cardinalities) or spec.n_numeric > 0
+        # one regulariser per tower: ID dropout where side features can carry a dropped ID,
+        # input dropout where there is nothing to fall back on (an ID-only tower)
         self.id_dropout = cfg.id_dropout if has_side else 0.0
+        self.input_dropout = 0.0 if has_side else cfg.id_only_dropout
         # sparse gradients: only the rows in a batch are touched (row-wise Adagrad), which keeps
         # a step cheap with millions of IDs
         self.ids = nn.Embedding(spec.n_ids, cfg.id_dim, sparse=True)
@@ -126,6 +134,7 @@ class Tower(nn.Module):
         parts += [emb(categorical[:, j]) for j, emb in enumerate(self.categorical)]
         parts.append(numeric)
         x = torch.cat(parts, dim=1)  # (B, id_dim + history_dim + side_dim * n_cat + n_num)
+        x = F.dropout(x, self.input_dropout, self.training)
         return F.normalize(self.mlp(x), dim=-1)  # (B, out_dim)
 
     def _history(

@@ -17,11 +17,9 @@ from features.settings import Settings
 from models.two_tower import (
     HistoryBatch,
     TowerSpec,
-    TwoTower,
-    TwoTowerConfig,
     in_batch_softmax_loss,
 )
-from training.optim import RowWiseAdagrad
+from training.two_tower_train import build_two_tower, optimizers
 
 log = logging.getLogger(__name__)
 
@@ -70,21 +68,8 @@ def bench_epoch(cfg: Settings, steps: int = 20, seed: int = 0) -> dict[str, Any]
         9,
     )
     rss0 = psutil.Process().memory_info().rss
-    model = TwoTower(
-        TwoTowerConfig(
-            creator,
-            product,
-            mcfg.id_dim,
-            mcfg.side_dim,
-            list(mcfg.hidden),
-            mcfg.out_dim,
-            mcfg.temperature,
-            mcfg.learn_temperature,
-            mcfg.id_dropout,
-        )
-    )
-    dense = torch.optim.AdamW(model.dense_parameters(), lr=mcfg.lr, weight_decay=mcfg.weight_decay)
-    sparse = RowWiseAdagrad(model.sparse_parameters(), lr=mcfg.embedding_lr)
+    model = build_two_tower(mcfg, creator, product)
+    dense, sparse = optimizers(model, mcfg)
     batch = mcfg.batch_size
 
     def inputs(spec: TowerSpec, rows: np.ndarray) -> tuple[torch.Tensor, ...]:

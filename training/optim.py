@@ -4,6 +4,10 @@ The standard optimiser for large embedding tables (FBGEMM/torchrec's rowwise Ada
 one accumulator per row (the mean squared gradient of that row), and only the rows seen
 in a batch are touched, so a step costs O(batch x dim) whatever the table size. Adam's
 sparse variant costs far more per step on CPU and keeps two full-size moment tables.
+
+`weight_decay` adds an L2 pull toward zero on the rows a batch touches (the classic
+sparse MF regulariser: a row is regularised each time it is trained, so frequent rows
+are held more firmly than under one global decay, and untouched rows cost nothing).
 """
 
 from __future__ import annotations
@@ -15,9 +19,13 @@ import torch
 
 class RowWiseAdagrad(torch.optim.Optimizer):
     def __init__(
-        self, params: Iterable[torch.nn.Parameter], lr: float = 0.05, eps: float = 1e-8
+        self,
+        params: Iterable[torch.nn.Parameter],
+        lr: float = 0.05,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
     ) -> None:
-        super().__init__(params, {"lr": lr, "eps": eps})
+        super().__init__(params, {"lr": lr, "eps": eps, "weight_decay": weight_decay})
 
     @torch.no_grad()
     def step(self, closure: None = None) -> None:  # type: ignore[override]
@@ -32,6 +40,8 @@ class RowWiseAdagrad(torch.optim.Optimizer):
                     )
                 grad = grad.coalesce()
                 rows, values = grad.indices()[0], grad.values()  # (u,), (u, dim)
+                if group["weight_decay"]:
+                    values = values + group["weight_decay"] * param[rows]
                 state = self.state[param]
                 if "sum" not in state:
                     state["sum"] = torch.zeros(param.shape[0], dtype=param.dtype)

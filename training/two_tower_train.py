@@ -70,6 +70,33 @@ def _tower_spec(ids: IdEncoder, side: SideEncoder, history_rows: int = 0) -> Tow
     return TowerSpec(ids.vocab_size, side.cardinalities, len(side.numeric), history_rows)
 
 
+def build_two_tower(cfg: MatchingConfig, creator: TowerSpec, product: TowerSpec) -> TwoTower:
+    """The two-tower model the matching settings describe, for these inputs."""
+    return TwoTower(
+        TwoTowerConfig(
+            creator=creator,
+            product=product,
+            id_dim=cfg.id_dim,
+            side_dim=cfg.side_dim,
+            hidden=list(cfg.hidden),
+            out_dim=cfg.out_dim,
+            temperature=cfg.temperature,
+            learn_temperature=cfg.learn_temperature,
+            id_dropout=cfg.id_dropout,
+            id_only_dropout=cfg.id_only_dropout,
+        )
+    )
+
+
+def optimizers(model: TwoTower, cfg: MatchingConfig) -> tuple[torch.optim.AdamW, RowWiseAdagrad]:
+    """AdamW for the MLPs, row-wise Adagrad for the embedding tables."""
+    dense = torch.optim.AdamW(model.dense_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sparse = RowWiseAdagrad(
+        model.sparse_parameters(), lr=cfg.embedding_lr, weight_decay=cfg.embedding_weight_decay
+    )
+    return dense, sparse
+
+
 class TwoTowerRecommender(Recommender):
     kind = "two_tower"
 
@@ -131,12 +158,20 @@ class TwoTowerRecommender(Recommender):
             keep = rng.choice(len(creator), cfg.max_train_pairs, replace=False)
             creator, product = creator[keep], product[keep]
 
+        creator_side = SideEncoder.fit(
+            creator_frame, np.unique(creator), cfg.creator_categorical, cfg.creator_numeric
+        )
+        # an ID-only creator tower with a history reads the history alone: a creator's own
+        # ID row memorises its training goods and overfits (every creator maps to the OOV row)
+        id_free = (
+            cfg.creator_history
+            and cfg.history_replaces_creator_id
+            and not (creator_side.categorical or creator_side.numeric)
+        )
         self.encoders = TowerEncoders(
-            IdEncoder.fit(n_creators, creator, cfg.min_id_count),
+            IdEncoder.fit(n_creators, creator[:0] if id_free else creator, cfg.min_id_count),
             IdEncoder.fit(n_products, product, cfg.min_id_count),
-            SideEncoder.fit(
-                creator_frame, np.unique(creator), cfg.creator_categorical, cfg.creator_numeric
-            ),
+            creator_side,
             SideEncoder.fit(
                 product_frame, np.unique(product), cfg.product_categorical, cfg.product_numeric
             ),
@@ -158,22 +193,14 @@ class TwoTowerRecommender(Recommender):
             list(enc.product_side.categorical),
             list(enc.product_side.numeric),
         )
-        self.model = TwoTower(
-            TwoTowerConfig(
-                creator=_tower_spec(
-                    enc.creator_ids,
-                    enc.creator_side,
-                    enc.product_ids.vocab_size if history is not None else 0,
-                ),
-                product=_tower_spec(enc.product_ids, enc.product_side),
-                id_dim=cfg.id_dim,
-                side_dim=cfg.side_dim,
-                hidden=list(cfg.hidden),
-                out_dim=cfg.out_dim,
-                temperature=cfg.temperature,
-                learn_temperature=cfg.learn_temperature,
-                id_dropout=cfg.id_dropout,
-            )
+        self.model = build_two_tower(
+            cfg,
+            creator=_tower_spec(
+                enc.creator_ids,
+                enc.creator_side,
+                enc.product_ids.vocab_size if history is not None else 0,
+            ),
+            product=_tower_spec(enc.product_ids, enc.product_side),
         )
         self.n_products = n_products
         self._train_loop(creator, product, creators_in, products_in, train, val, rng)
@@ -201,10 +228,7 @@ class TwoTowerRecommender(Recommender):
 
         cfg, model = self.cfg, self.model
         assert model is not None
-        dense_opt = torch.optim.AdamW(
-            model.dense_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
-        )
-        sparse_opt = RowWiseAdagrad(model.sparse_parameters(), lr=cfg.embedding_lr)
+        dense_opt, sparse_opt = optimizers(model, cfg)
         log_q = self._log_q(product, len(products_in)) if cfg.logq else None
         creator_t, product_t = torch.from_numpy(creator), torch.from_numpy(product)
 

@@ -95,6 +95,24 @@ def test_a_tower_without_side_features_keeps_its_ids() -> None:
     assert model.creator_tower.id_dropout == 0.0 and model.product_tower.id_dropout == 1.0
 
 
+def test_an_id_only_tower_drops_its_inputs_instead() -> None:
+    cfg = TwoTowerConfig(
+        TowerSpec(10), TowerSpec(20, [3], 0), id_dim=8, out_dim=8, id_only_dropout=0.5
+    )
+    model = TwoTower(cfg)
+    assert model.creator_tower.input_dropout == 0.5
+    assert model.product_tower.input_dropout == 0.0
+    ids, no_cat, no_num = torch.arange(1, 9), torch.zeros(8, 0, dtype=torch.long), torch.zeros(8, 0)
+    torch.manual_seed(0)
+    model.train()
+    noisy = model.creator_tower(ids, no_cat, no_num)
+    assert not torch.allclose(noisy, model.creator_tower(ids, no_cat, no_num))  # a fresh mask
+    model.eval()
+    torch.testing.assert_close(
+        model.creator_tower(ids, no_cat, no_num), model.creator_tower(ids, no_cat, no_num)
+    )
+
+
 def test_config_round_trip() -> None:
     cfg = TwoTowerConfig(TowerSpec(10, [4], 2), TowerSpec(20, [3, 5], 1), hidden=[32, 16])
     assert TwoTowerConfig.from_dict(cfg.to_dict()) == cfg
@@ -161,3 +179,23 @@ def test_early_stopping_keeps_the_best_epoch() -> None:
     recalls = [h["val_recall"] for h in model.history]
     assert model.best_epoch == int(np.argmax(recalls)) + 1
     assert len(model.history) <= 6
+
+
+def test_an_id_only_creator_tower_reads_its_history_instead_of_its_id() -> None:
+    train = contract_matrix(0)
+    id_only = TwoTowerRecommender(_tiny_cfg(epochs=1), progress=False).fit(train)
+    assert id_only.encoders.creator_ids.vocab_size == 1  # every creator on the OOV row
+    assert id_only.encoders.product_ids.vocab_size > 1
+    # two creators with the same training goods get the same embedding: the history is all
+    twins = train.tolil()
+    twins[1] = twins[0]
+    twin_model = TwoTowerRecommender(_tiny_cfg(epochs=1), progress=False).fit(twins.tocsr())
+    np.testing.assert_allclose(
+        twin_model.creator_vectors[0], twin_model.creator_vectors[1], rtol=1e-5
+    )
+
+    creators, products = _frames()
+    with_side = TwoTowerRecommender(_tiny_cfg(epochs=1), creators, products, progress=False)
+    assert with_side.fit(train).encoders.creator_ids.vocab_size > 1  # features: IDs kept
+    keep = _tiny_cfg(epochs=1, history_replaces_creator_id=False)
+    assert TwoTowerRecommender(keep, progress=False).fit(train).encoders.creator_ids.vocab_size > 1

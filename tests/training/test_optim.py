@@ -1,0 +1,37 @@
+import pytest
+import torch
+
+from training.optim import RowWiseAdagrad
+
+
+def _table(weight_decay: float = 0.0) -> tuple[torch.nn.Embedding, RowWiseAdagrad]:
+    emb = torch.nn.Embedding(4, 2, sparse=True)
+    with torch.no_grad():
+        emb.weight.copy_(torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0], [7.0, 8.0]]))
+    return emb, RowWiseAdagrad([emb.weight], lr=0.5, weight_decay=weight_decay)
+
+
+def test_a_step_matches_rowwise_adagrad_by_hand() -> None:
+    emb, opt = _table()
+    emb(torch.tensor([1])).sum().backward()  # grad of row 1 = [1, 1]
+    opt.step()
+    # accumulator = mean(g^2) = 1, step = -lr * g / sqrt(1)
+    torch.testing.assert_close(emb.weight[1], torch.tensor([2.5, 3.5]))
+    torch.testing.assert_close(emb.weight[0], torch.tensor([1.0, 2.0]))  # untouched
+
+
+def test_weight_decay_pulls_only_touched_rows_toward_zero() -> None:
+    emb, opt = _table(weight_decay=1.0)
+    emb(torch.tensor([1])).mul(0.0).sum().backward()  # zero loss gradient: decay alone
+    opt.step()
+    # g = wd * w = [3, 4]; accumulator = (9 + 16) / 2 = 12.5; step = -0.5 * g / sqrt(12.5)
+    expected = torch.tensor([3.0, 4.0]) * (1 - 0.5 / 12.5**0.5)
+    torch.testing.assert_close(emb.weight[1], expected)
+    torch.testing.assert_close(emb.weight[2], torch.tensor([5.0, 6.0]))
+
+
+def test_dense_gradients_are_refused() -> None:
+    weight = torch.nn.Parameter(torch.ones(3, 2))
+    weight.sum().backward()
+    with pytest.raises(ValueError, match="sparse gradients"):
+        RowWiseAdagrad([weight]).step()
