@@ -348,7 +348,7 @@ class MatchingConfig(StrictModel):
         default=["pop", "als", "ease"]
     )
     als_factors: int = Field(128, gt=0)
-    als_regularization: float = Field(0.05, ge=0)
+    als_regularization: float = Field(50.0, ge=0)
     als_alpha: float = Field(30.0, gt=0)
     als_iterations: int = Field(15, gt=0)
     ease_lambda: float = Field(500.0, gt=0)

@@ -134,7 +134,8 @@ class Tower(nn.Module):
         parts += [emb(categorical[:, j]) for j, emb in enumerate(self.categorical)]
         parts.append(numeric)
         x = torch.cat(parts, dim=1)  # (B, id_dim + history_dim + side_dim * n_cat + n_num)
-        x = F.dropout(x, self.input_dropout, self.training)
+        if self.input_dropout:
+            x = F.dropout(x, self.input_dropout, self.training)
         return F.normalize(self.mlp(x), dim=-1)  # (B, out_dim)
 
     def _history(
