@@ -20,7 +20,8 @@ A tower without side features (an ID-only log) has nothing to fall back on, so i
 its IDs and is regularised by dropout on its MLP input instead; and an ID-only creator
 tower with a history reads the history alone (the trainer maps every creator to the OOV
 row): a creator's own ID row memorises its training goods. Measured on three ID-only
-logs (README), each step lifts test Recall@50.
+logs (README): reading the history in place of the ID lifts test Recall@50 on all
+three, the input dropout on the two denser ones (it costs 0.005 on the sparsest).
 """
 
 from __future__ import annotations
