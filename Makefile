@@ -29,7 +29,8 @@ $(STAMP): pyproject.toml
 run: install  ## the whole pipeline on synthetic `small` data (PRESET=tiny for seconds; PIPELINE_ARGS=--force reruns)
 	$(BIN)/haowu pipeline --preset $(PRESET) --out $(RUN_DIR) $(PIPELINE_ARGS)
 
-test: install  ## the whole test suite
+test: install  ## the layer contracts (import-linter), then the whole test suite
+	$(BIN)/lint-imports
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 BENCH_DIR ?= runs/bench
@@ -45,8 +46,9 @@ bench: install  ## every benchmark on PRESET (default small); figures also in BE
 	@test -f $(RUN_DIR)/.steps/_layout.json || $(MAKE) run
 	$(BIN)/haowu bench serve --preset $(PRESET) --from $(RUN_DIR) --out $(BENCH_DIR)/serve.json
 
-lint: install  ## ruff
+lint: install  ## ruff and the layer contracts
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 clean:  ## remove the venv, runs and the local MLflow store
 	rm -rf $(VENV) runs mlflow.db mlartifacts .pytest_cache .ruff_cache

@@ -19,6 +19,7 @@ import typer
 
 from features.errors import HaowuError
 from features.settings import PRESETS, Settings, load_settings
+from models.artifacts import RUN_META
 
 app = typer.Typer(
     help="haowu (好物): product tiering and creator-goods matching for live commerce.",
@@ -39,6 +40,16 @@ SetOpt = Annotated[
     list[str] | None, typer.Option("--set", help="override one setting, e.g. --set data.seed=7")
 ]
 OverwriteOpt = Annotated[bool, typer.Option(help="replace a non-empty output folder")]
+FromOpt = Annotated[
+    Path | None,
+    typer.Option("--from", help="pipeline folder: data, tier, matching, lists/*, brokers"),
+]
+ModelOpt = Annotated[
+    str | None, typer.Option(help="matching RUN_DIR or models:/haowu-matching@champion")
+]
+TiersOpt = Annotated[
+    str | None, typer.Option(help="train-tier RUN_DIR or models:/haowu-tier@champion")
+]
 
 
 def fails_cleanly(func: F) -> F:
@@ -171,18 +182,20 @@ def pipeline(
 
     from features.synthetic import generate as run_generate
     from features.validate import validate_dir
-    from serving.brokers import run as run_brokers
-    from serving.recommend import run as run_recommend
-    from training.matching_job import run as run_matching
-    from training.pipeline import Layout, Step, run_pipeline
-    from training.pipeline_summary import format_summary, write_summary
-    from training.registry import promote_run_dir
-    from training.report import build_report
-    from training.tier_job import run as run_tier
-    from training.tracking import tracking_uri
+    from models.artifacts import PipelineLayout
+    from serving.batch.job import ListsRequest
+    from serving.batch.job import run as run_recommend
+    from serving.brokers.job import run as run_brokers
+    from training.lifecycle.promotion import promote_run_dir
+    from training.lifecycle.tracking import tracking_uri
+    from training.matching.job import run as run_matching
+    from training.pipeline.report import build_report
+    from training.pipeline.runner import Step, run_pipeline
+    from training.pipeline.summary import format_summary, write_summary
+    from training.tier.job import run as run_tier
 
     cfg = settings(preset, config, set_)
-    d = Layout(out)
+    d = PipelineLayout(out)
 
     def promote_both() -> dict[str, Any]:
         return {
@@ -191,16 +204,8 @@ def pipeline(
         }
 
     def recommend(direction: str, target: Path) -> Callable[[], dict[str, Any]]:
-        return lambda: run_recommend(
-            d.data,
-            d.matching,
-            target,
-            direction=direction,
-            tiers=d.tier,
-            cfg=cfg,
-            overwrite=True,
-            progress=False,
-        )
+        request = ListsRequest(d.data, str(d.matching), str(d.tier), direction=direction)
+        return lambda: run_recommend(cfg, request, target, overwrite=True, progress=False)
 
     steps = [
         Step(
@@ -293,7 +298,7 @@ def train_tier(
     set_: SetOpt = None,
 ) -> None:
     """Fit the five-dimension tier model, evaluate it against the baseline, score every product."""
-    from training.tier_job import run as run_tier
+    from training.tier.job import run as run_tier
 
     cfg = settings(preset, config, set_)
     metrics = run_tier(cfg, data, out, overwrite=overwrite)
@@ -320,7 +325,7 @@ def selected_goods(
     set_: SetOpt = None,
 ) -> None:
     """Write the Selected Goods campaign pool (L5 goods) with the reason each is in."""
-    from training.selected_goods import run as run_pool
+    from training.tier.selected_goods import run as run_pool
 
     overrides = list(set_ or [])
     if quota is not None:
@@ -347,7 +352,7 @@ def bench_tier(
     set_: SetOpt = None,
 ) -> None:
     """Time tier scoring (score, tier, explanations) of N synthetic rows: rows/s and peak RSS."""
-    from training.tier_bench import bench_tier as run_bench
+    from training.tier.bench import bench_tier as run_bench
 
     cfg = settings(preset, config, set_)
     model_dir = model / "model" if model else None
@@ -374,8 +379,8 @@ def train_matching(
     set_: SetOpt = None,
 ) -> None:
     """Fit the two-tower model and its baselines, evaluate (random, time, cold), log to MLflow."""
-    from training.matching_bench import check_targets
-    from training.matching_job import run as run_matching
+    from training.matching.bench import check_targets
+    from training.matching.job import run as run_matching
 
     cfg = settings(preset, config, set_)
     metrics = run_matching(cfg, data, out, tiers=tiers, overwrite=overwrite)
@@ -388,17 +393,18 @@ def train_matching(
 @app.command()
 @fails_cleanly
 def recommend(
-    data: Annotated[Path, typer.Option(help="data folder (already-promoted goods are excluded)")],
-    model: Annotated[str, typer.Option(help="a train-matching run folder")],
     out: Annotated[Path, typer.Option(help="lists folder to write")],
+    from_: FromOpt = None,
+    data: Annotated[
+        Path | None, typer.Option(help="data folder (already-promoted goods are excluded)")
+    ] = None,
+    model: ModelOpt = None,
+    tiers: TiersOpt = None,
     k: Annotated[int, typer.Option(help="list length")] = 50,
     direction: Annotated[
         str, typer.Option(help="creator: goods per creator | product: creators per good")
     ] = "creator",
     exact: Annotated[bool, typer.Option(help="exact FAISS search, not the ANN index")] = False,
-    tiers: Annotated[
-        Path | None, typer.Option(help="a train-tier run folder (tiers for the policy)")
-    ] = None,
     engine: Annotated[str | None, typer.Option(help="local | ray (default: batch.engine)")] = None,
     workers: Annotated[int | None, typer.Option(help="processes / actors (batch.workers)")] = None,
     shard_size: Annotated[
@@ -414,19 +420,18 @@ def recommend(
 ) -> None:
     """Write top-k lists with the FAISS index and the platform's policy: OUT/part-*.parquet,
     then OUT/_SUCCESS; a rerun resumes."""
-    from serving.recommend import run as run_recommend
+    from models.artifacts import job_inputs
+    from serving.batch.job import ListsRequest
+    from serving.batch.job import run as run_recommend
 
     cfg = settings(preset, config, set_)
+    inputs = job_inputs(from_, data, model, tiers)
+    request = ListsRequest(inputs.data, inputs.model, inputs.tiers, k, direction, exact)
     manifest = run_recommend(
-        data,
-        model,
+        cfg,
+        request,
         out,
-        k=k,
-        direction=direction,
-        exact=exact,
         overwrite=force,
-        tiers=tiers,
-        cfg=cfg,
         engine=engine,
         workers=workers,
         shard_size=shard_size,
@@ -463,8 +468,8 @@ def bench_train(
     import shutil
     import tempfile
 
-    from training.matching_bench import bench_epoch
-    from training.matching_bench import bench_train as run_bench
+    from training.matching.bench import bench_epoch
+    from training.matching.bench import bench_train as run_bench
 
     if not epoch_only:
         target = out or Path(tempfile.mkdtemp(prefix=f"haowu-bench-train-{preset}-"))
@@ -486,22 +491,27 @@ def bench_train(
 @app.command("match-brokers")
 @fails_cleanly
 def match_brokers(
-    data: Annotated[Path, typer.Option(help="data folder (creators.broker_id, broker_products)")],
-    model: Annotated[str, typer.Option(help="matching run folder (train-matching RUN_DIR)")],
     out: Annotated[Path, typer.Option(help="output folder")],
-    tiers: Annotated[
-        Path | None, typer.Option(help="tier run (tiers.parquet): L0 goods are never assigned")
+    from_: FromOpt = None,
+    data: Annotated[
+        Path | None, typer.Option(help="data folder (creators.broker_id, broker_products)")
     ] = None,
+    model: ModelOpt = None,
+    tiers: TiersOpt = None,
     preset: PresetOpt = "small",
     overwrite: OverwriteOpt = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
     """Assign each broker's recruited goods to the creators on its roster (max expected value)."""
-    from serving.brokers import run as run_match_brokers
+    from models.artifacts import job_inputs
+    from serving.brokers.job import run as run_match_brokers
 
     cfg = settings(preset, config, set_)
-    metrics = run_match_brokers(cfg, data, model, out, tiers=tiers, overwrite=overwrite)
+    inputs = job_inputs(from_, data, model, tiers)
+    metrics = run_match_brokers(
+        cfg, inputs.data, inputs.model, out, tiers=inputs.tiers, overwrite=overwrite
+    )
     for key in (
         "brokers",
         "brokers_matched",
@@ -533,7 +543,7 @@ def bench_brokers(
     import shutil
     import tempfile
 
-    from serving.brokers_bench import bench_brokers as run_bench
+    from serving.brokers.bench import bench_brokers as run_bench
 
     cfg = settings(preset, config, set_)
     target = data
@@ -559,7 +569,7 @@ def _run_id(run: str) -> str:
     """A run id, or a job's RUN_DIR whose run.json names it."""
     import json
 
-    path = Path(run) / "run.json"
+    path = Path(run) / RUN_META
     if path.is_file():
         return json.loads(path.read_text())["run_id"]
     if Path(run).exists():
@@ -579,8 +589,8 @@ def promote(
     set_: SetOpt = None,
 ) -> None:
     """Make a run's model champion if it is no worse than the current one on the gate."""
-    from training.registry import PromotionRefused
-    from training.registry import promote as run_promote
+    from training.lifecycle.promotion import PromotionRefused
+    from training.lifecycle.promotion import promote as run_promote
 
     cfg = settings(preset, config, set_)
     try:
@@ -606,7 +616,7 @@ def rollback(
     set_: SetOpt = None,
 ) -> None:
     """Restore the previous champion."""
-    from training.registry import rollback as run_rollback
+    from training.lifecycle.promotion import rollback as run_rollback
 
     cfg = settings(preset, config, set_)
     old, new = run_rollback(model, cfg.registry)
@@ -644,7 +654,7 @@ def bench_index(
     import os
 
     from features.io import write_json
-    from training.index_bench import run as run_bench
+    from training.retrieval.bench import run as run_bench
 
     cfg = settings(preset, config, set_)
     directions = tuple(direction or ("products", "creators"))
@@ -657,9 +667,9 @@ def bench_index(
         if out is not None:
             write_json(result, out)
     if diversity is not None:
-        from training.diversity_curve import held_out_scenario
-        from training.diversity_curve import run as run_curve
-        from training.synthetic_retrieval import diversity_scenario
+        from models.retrieval.synthetic import diversity_scenario
+        from training.retrieval.diversity_curve import held_out_scenario
+        from training.retrieval.diversity_curve import run as run_curve
 
         if model is not None:
             if data is None:
@@ -708,7 +718,7 @@ def bench_batch(
     import tempfile
 
     from features.io import write_json
-    from serving.batch_bench import run as run_bench
+    from serving.batch.bench import run as run_bench
 
     cfg = settings(preset, config, set_)
     directions = tuple(direction or (("creator",) if preset == "full" else ("creator", "product")))
@@ -763,10 +773,6 @@ def bench_generate(
 # --- online service (serve, bench serve) ---
 
 
-FromOpt = Annotated[
-    Path | None,
-    typer.Option("--from", help="pipeline folder: data, tier, matching, lists/*, brokers"),
-]
 
 
 @app.command()
@@ -789,7 +795,7 @@ def serve(
     set_: SetOpt = None,
 ) -> None:
     """The online lookup service (OpenAPI at /docs); SIGHUP or POST /admin/reload reloads."""
-    from serving.server import run_server, sources_from_flags
+    from serving.api.server import run_server, sources_from_flags
 
     overrides = list(set_ or [])
     for key, value in (("host", host), ("port", port), ("workers", workers)):
@@ -823,7 +829,7 @@ def bench_serve(
 ) -> None:
     """Load-test `haowu serve --from DIR` on loopback: latency, capacity, cold start, reload."""
     from features.io import write_json
-    from serving.serve_bench import run_bench
+    from serving.api.bench import run_bench
 
     result = run_bench(
         from_,

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from features.contract import BOOL, FLOAT, INT, NULLABLE_INT, TIME
-from features.sources import Source
+from features.import_files import Source
 
 MAX_SHOWN = 5
 TS_UNITS = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}

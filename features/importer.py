@@ -37,9 +37,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from features.columns import id_column, numeric_column, offending_rows, ts_column, unify_id_types
 from features.errors import ConfigError
 from features.idmap import IdMap, id_map_path
+from features.import_files import Source, read_source
 from features.io import atomic_output_dir, ensure_empty_output, write_json, write_table
 from features.side_tables import SideTable, check_side, encode_categories, entity_table, read_side
-from features.sources import Source, read_source
 from features.validate import validate_dir
 
 log = logging.getLogger(__name__)

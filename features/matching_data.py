@@ -22,6 +22,7 @@ import scipy.sparse as sp
 
 from features.errors import ContractError
 from features.io import has_table, iter_table, read_table, table_columns
+from features.product_facts import product_facts
 
 log = logging.getLogger(__name__)
 
@@ -198,18 +199,14 @@ def product_frame(
 ) -> pd.DataFrame:
     """Product side features (products + merchants + product_stats + tiers), by position."""
     data_dir = Path(data_dir)
-    df = _read_optional(data_dir, "products", "product_id")
-    if df is None:
+    merchants = table_columns(data_dir, "merchants") if has_table(data_dir, "merchants") else []
+    # every merchant column but its age is a product feature
+    facts = product_facts(data_dir, None, [c for c in merchants if c != "account_age_days"])
+    if facts is None:
         frame = pd.DataFrame(index=np.arange(len(products)))
     else:
-        merchants = _read_optional(data_dir, "merchants", "merchant_id")
-        if merchants is not None and "merchant_id" in df.columns:
-            df = df.merge(
-                merchants.drop(columns=["account_age_days"], errors="ignore"),
-                on="merchant_id",
-                how="left",
-            )
-        frame = _aligned(df, "product_id", products)
+        _check_id_column(facts, "product_id", "products")
+        frame = _aligned(facts, "product_id", products)
     stats = _read_optional(data_dir, "product_stats", "product_id")
     if stats is not None:
         stats = _aligned(stats, "product_id", products)
@@ -219,13 +216,3 @@ def product_frame(
         t = _aligned(tiers[keep].rename(columns={"score": "tier_score"}), "product_id", products)
         frame = frame.drop(columns=[c for c in t.columns if c in frame.columns]).join(t)
     return frame
-
-
-def read_tiers(tier_run: Path | None) -> pd.DataFrame | None:
-    """`TIER_RUN/tiers.parquet` (product_id, tier, score, ...) when a tier run is given."""
-    if tier_run is None:
-        return None
-    path = Path(tier_run) / "tiers.parquet"
-    if not path.is_file():
-        raise ContractError("tiers", "no tiers.parquet in the tier run folder", path=str(path))
-    return pd.read_parquet(path)

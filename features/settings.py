@@ -379,7 +379,7 @@ class BrokersConfig(StrictModel):
 
 
 class IndexConfig(StrictModel):
-    """Retrieval index over embeddings (models/index.py); see configs/index/default.yaml."""
+    """Retrieval index over embeddings (models/retrieval/index.py); configs/index/default.yaml."""
 
     kind: Literal["auto", "flat", "ivf_flat", "ivf_sq8", "ivf_pq_refine"] = "auto"
     flat_max_items: int = Field(50_000, ge=0)
@@ -405,7 +405,7 @@ class IndexConfig(StrictModel):
 
 
 class PolicyConfig(StrictModel):
-    """Filters, Selected Goods boost and diversity (models/policy.py)."""
+    """Filters, Selected Goods boost and diversity (models/retrieval/policy.py)."""
 
     overfetch: float = Field(2.0, ge=1)
     max_ann_fetch: int = Field(2000, gt=0)
@@ -521,7 +521,7 @@ class BatchBenchParams(StrictModel):
 
 
 class BatchConfig(StrictModel):
-    """The batch job's runner (serving/batch.py): parts, engine and parallelism."""
+    """The batch job's runner (serving/batch/shards.py): parts, engine and parallelism."""
 
     shard_size: int = Field(5_000, gt=0, description="queries per part-NNNNN.parquet")
     engine: Literal["local", "ray"] = "local"

@@ -20,7 +20,7 @@ import pyarrow as pa
 from features.columns import contract_column, id_column, offending_rows, unify_id_types
 from features.contract import TABLES, TableSpec
 from features.idmap import IdMap
-from features.sources import Source, read_source, source_columns
+from features.import_files import Source, read_source, source_columns
 from features.validate import check_schema
 
 log = logging.getLogger(__name__)

@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 
 from features.settings import MatchingConfig, load_settings
-from models.recommender import Recommender
-from training.evaluate import EvalTask, evaluate, make_task
-from training.matching_job import MatchingJob, make_baselines
-from training.splits import random_split
+from models.matching.recommender import Recommender
+from training.evaluation.evaluate import EvalTask, evaluate, make_task
+from training.evaluation.splits import random_split
+from training.matching.job import MatchingJob, make_baselines
 
 
 def _recall(model: Recommender, task: EvalTask, job: MatchingJob, cfg: MatchingConfig) -> float:

@@ -22,7 +22,7 @@ from features.synthetic import truth
 from features.synthetic.brokers import BROKER_ID_BASE, build_brokers
 from features.synthetic.categories import build_categories
 from features.synthetic.creators import CREATOR_ID_BASE, build_creators
-from features.synthetic.indicators import build_indicators
+from features.synthetic.indicator_draws import build_indicators
 from features.synthetic.interactions import (
     InteractionSampler,
     LeafSortedCatalog,

@@ -77,11 +77,6 @@ def gumbel_top_k(log_weights: np.ndarray, k: int, rng: np.random.Generator) -> n
     return np.argsort(-keys, axis=1)[:, :k]
 
 
-def standard_lognormal(median: float, sigma: float, z: np.ndarray) -> np.ndarray:
-    """`median * exp(sigma * z)`: a lognormal from standard normal scores `z`."""
-    return median * np.exp(sigma * z)
-
-
 def correlated(z: np.ndarray, corr: float, rng: np.random.Generator) -> np.ndarray:
     """A standard normal with correlation `corr` to the standard normal `z`."""
     return corr * z + np.sqrt(1.0 - corr**2) * rng.standard_normal(z.shape)

@@ -24,7 +24,7 @@ from features.settings import (
 )
 from features.synthetic import generate
 from features.synthetic.bench import bench_generate
-from features.synthetic.indicators import HISTORY
+from features.synthetic.indicator_draws import HISTORY
 from features.synthetic.labels import GOODNESS, true_score
 from features.validate import validate_dir
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import Bounds, LinearConstraint, milp
 
-from models.assignment import (
+from models.brokers.assignment import (
     candidate_pairs,
     check_feasible,
     random_feasible,

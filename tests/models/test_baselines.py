@@ -2,13 +2,13 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from models.baselines import (
+from models.matching.baselines import (
     ALSRecommender,
     EASERecommender,
     ItemKNNRecommender,
     PopularityRecommender,
 )
-from models.recommender import EmbeddingRecommender, Recommender, RecommenderError
+from models.matching.recommender import EmbeddingRecommender, Recommender, RecommenderError
 from tests.models.recommender_contract import RecommenderContract, contract_matrix
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from features.settings import PolicyConfig
-from models.diversity import (
+from models.retrieval.diversity import (
     cap_for,
     cap_rerank,
     first_in_category,
@@ -14,9 +14,9 @@ from models.diversity import (
     rank_in_category,
     sorted_mmr_rerank,
 )
-from models.policy import Policy
-from training.diversity_curve import diversity_curve, list_metrics, plot_curve
-from training.synthetic_retrieval import diversity_scenario
+from models.retrieval.policy import Policy
+from models.retrieval.synthetic import diversity_scenario
+from training.retrieval.diversity_curve import diversity_curve, list_metrics, plot_curve
 
 
 def test_rank_in_category_counts_earlier_goods_of_the_same_category() -> None:
@@ -130,7 +130,7 @@ def test_curve_reports_the_trade_off(scenario, tmp_path) -> None:
 def test_curve_job_writes_csv_plot_and_default_point(scenario, tmp_path) -> None:
     import json
 
-    from training.diversity_curve import run
+    from training.retrieval.diversity_curve import run
 
     cfg = PolicyConfig(selected_boost=0.0, min_selected_share=0.0)
     frame = run(

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 
 from features.settings import IndexConfig, load_settings
-from models.index import (
+from models.retrieval.index import (
     DimensionMismatchError,
     EmbeddingIndex,
     RetrievalError,
     UnknownIdError,
-    recall_at_k,
+    ann_recall,
 )
-from models.index_kinds import choose_kind, choose_nlist
+from models.retrieval.index_kinds import choose_kind, choose_nlist
 
 DIM = 16
 IVF_KINDS = ["ivf_flat", "ivf_sq8", "ivf_pq_refine"]
@@ -65,11 +65,11 @@ def test_tuned_ann_reaches_recall_against_exact(kind, items, queries) -> None:
     held_out = queries[150:]
     found, scores = index.search(held_out, 20)
     truth, _ = index.exact(held_out, 20)
-    assert recall_at_k(found, truth) >= 0.9  # held-out queries, tuned on others
+    assert ann_recall(found, truth) >= 0.9  # held-out queries, tuned on others
     assert (np.diff(scores, axis=1) <= 1e-5).all()  # best first
     # exact search is exact (flat storage) or near it (8-bit codes)
     brute = _brute_force(vectors, ids, held_out, 20)
-    assert recall_at_k(truth, brute) >= (0.97 if kind == "ivf_sq8" else 0.999)
+    assert ann_recall(truth, brute) >= (0.97 if kind == "ivf_sq8" else 0.999)
     if kind != "flat":
         assert 1 <= record.nprobe < index.params["nlist"]  # ANN, not an exhaustive scan
 
@@ -83,7 +83,7 @@ def test_over_fetch_keeps_the_tuned_recall_on_top(items, queries) -> None:
     held_out = queries[150:]
     truth, _ = index.exact(held_out, 20)
     fetched, _ = index.search(held_out, 40)
-    assert recall_at_k(fetched[:, :20], truth) >= 0.9
+    assert ann_recall(fetched[:, :20], truth) >= 0.9
     tight, _ = index.search(held_out, 20)
     # k_factor * 20 candidates re-ranked either way: the tuned k's list is unchanged
     assert record.k_factor >= 1 and (fetched[:, :20] == tight).mean() > 0.95
@@ -96,7 +96,7 @@ def test_ann_on_uniform_random_vectors() -> None:
     record = index.tune(q[:100], 0.9, 10)
     found, _ = index.search(q[100:], 10)
     assert record.reached
-    assert recall_at_k(found, _brute_force(vectors, np.arange(4000), q[100:], 10)) >= 0.85
+    assert ann_recall(found, _brute_force(vectors, np.arange(4000), q[100:], 10)) >= 0.85
 
 
 def test_tune_keeps_the_best_setting_when_the_target_is_out_of_reach(items, queries) -> None:
@@ -115,7 +115,7 @@ def test_more_probes_more_recall(items, queries) -> None:
     recalls = []
     for nprobe in (1, 4, 16, 64):
         index.params["nprobe"] = nprobe
-        recalls.append(recall_at_k(index.search(queries, 50)[0], truth))
+        recalls.append(ann_recall(index.search(queries, 50)[0], truth))
     assert recalls == sorted(recalls) and recalls[0] < 0.9 and recalls[-1] == pytest.approx(1.0)
 
 
@@ -131,7 +131,7 @@ def test_add_without_retraining(kind, items, queries) -> None:
     found, _ = index.search(queries, 10)
     expected = _brute_force(vectors, ids, queries, 10)
     lossy = {"ivf_sq8": 0.95, "ivf_pq_refine": 0.97}  # codes, even with every list probed
-    assert recall_at_k(found, expected) >= lossy.get(kind, 0.99)
+    assert ann_recall(found, expected) >= lossy.get(kind, 0.99)
     new_share = np.isin(expected, ids[5000:]).mean()
     assert new_share > 0.1 and np.isin(found, ids[5000:]).mean() == pytest.approx(new_share, 0.1)
     with pytest.raises(RetrievalError, match="already in the index"):
@@ -154,7 +154,7 @@ def test_remove_takes_items_out_at_once(kind, items, queries) -> None:
     keep = ~np.isin(ids, delisted)
     truth = _brute_force(vectors[keep], ids[keep], queries, 10)
     index.params.update(nprobe=index.params["nlist"], k_factor=8.0)
-    assert recall_at_k(index.search(queries, 10)[0], truth) >= 0.95
+    assert ann_recall(index.search(queries, 10)[0], truth) >= 0.95
     with pytest.raises(UnknownIdError):
         index.remove(delisted[:1])  # already gone
     # a removed ID can come back (relisted), with its new vector
@@ -172,7 +172,7 @@ def test_pq_refine_compacts_after_many_removals(items, queries) -> None:
     found, _ = index.search(queries, 10)
     assert not np.isin(found, gone).any()
     truth = _brute_force(vectors[len(gone) :], ids[len(gone) :], queries, 10)
-    assert recall_at_k(found, truth) >= 0.95
+    assert ann_recall(found, truth) >= 0.95
 
 
 @pytest.mark.parametrize("kind", ["flat", "ivf_pq_refine"])
@@ -243,7 +243,7 @@ def test_kind_and_nlist_follow_catalog_size() -> None:
 def test_recall_at_k_counts_overlap() -> None:
     truth = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
     found = np.array([[4, 3, 9, -1], [5, 6, 7, 8]])
-    assert recall_at_k(found, truth) == pytest.approx((0.5 + 1.0) / 2)
+    assert ann_recall(found, truth) == pytest.approx((0.5 + 1.0) / 2)
 
 
 def test_bench_index_command_on_tiny(tmp_path: Path) -> None:

@@ -10,9 +10,9 @@ import pytest
 import scipy.sparse as sp
 
 from features.settings import PolicyConfig
-from models.catalog import IdLookup, ProductCatalog, RequestFilters, price_bands
-from models.index import RetrievalError
-from models.policy import Policy, RankedLists
+from models.retrieval.catalog import IdLookup, ProductCatalog, RequestFilters, price_bands
+from models.retrieval.index import RetrievalError
+from models.retrieval.policy import Policy, RankedLists
 
 N = 600
 K = 20

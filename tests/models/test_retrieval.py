@@ -7,10 +7,15 @@ import pytest
 import scipy.sparse as sp
 
 from features.settings import IndexConfig, PolicyConfig
-from models.catalog import RequestFilters
-from models.index import DimensionMismatchError, EmbeddingIndex, RetrievalError, recall_at_k
-from models.retrieval import GoodsRetriever, creators_for_products
-from training.synthetic_retrieval import EmbeddingWorld, synthetic_catalog
+from models.retrieval.catalog import RequestFilters
+from models.retrieval.directions import GoodsRetriever, creators_for_products
+from models.retrieval.index import (
+    DimensionMismatchError,
+    EmbeddingIndex,
+    RetrievalError,
+    recall_at_k,
+)
+from models.retrieval.synthetic import EmbeddingWorld, synthetic_catalog
 
 K = 30
 N_GOODS = 12_000

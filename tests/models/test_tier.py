@@ -16,22 +16,22 @@ from sklearn.metrics import cohen_kappa_score
 from features.contract import INDICATORS
 from features.indicators import DIMENSIONS, HISTORY
 from features.settings import TierModelParams, load_settings
-from models.tier import (
-    FEATURES,
-    REASON_FLAGGED,
-    REASON_MODEL,
-    TierModel,
-    assign_tiers,
-    feature_matrix,
-)
-from models.tier_baseline import HandWeightedBaseline
-from models.tier_cuts import (
+from models.tier.baseline import HandWeightedBaseline
+from models.tier.cuts import (
     apply_cuts,
     distribution_cuts,
     fit_cuts,
     fit_qwk_cuts,
     precision_cut,
     quadratic_kappa,
+)
+from models.tier.model import (
+    FEATURES,
+    REASON_FLAGGED,
+    REASON_MODEL,
+    TierModel,
+    assign_tiers,
+    feature_matrix,
 )
 
 SHARES = np.array([0.12, 0.26, 0.24, 0.19, 0.12, 0.07])

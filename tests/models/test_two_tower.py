@@ -6,15 +6,15 @@ import pytest
 import torch
 
 from features.settings import MatchingConfig
-from models.recommender import Recommender
-from models.two_tower import TowerSpec, TwoTower, TwoTowerConfig, in_batch_softmax_loss
+from models.matching.recommender import Recommender
+from models.matching.two_tower import TowerSpec, TwoTower, TwoTowerConfig, in_batch_softmax_loss
 from tests.models.recommender_contract import (
     N_CREATORS,
     N_PRODUCTS,
     RecommenderContract,
     contract_matrix,
 )
-from training.two_tower_train import TwoTowerRecommender
+from training.matching.two_tower_fit import TwoTowerTrainer
 
 
 def _lse(xs: list[float]) -> float:
@@ -149,7 +149,7 @@ def _tiny_cfg(**update) -> MatchingConfig:
 class TestTwoTower(RecommenderContract):
     def make(self) -> Recommender:
         creators, products = _frames()
-        return TwoTowerRecommender(_tiny_cfg(), creators, products, progress=False)
+        return TwoTowerTrainer(_tiny_cfg(), creators, products, progress=False)
 
     def test_export_matches_scores(self, fitted) -> None:
         model, _ = fitted
@@ -161,7 +161,7 @@ def test_cold_product_gets_an_embedding_from_features() -> None:
     creators, products = _frames()
     train = contract_matrix().tolil()
     train[:, 39] = 0  # product 39 is never promoted: a cold good
-    model = TwoTowerRecommender(
+    model = TwoTowerTrainer(
         _tiny_cfg(epochs=5, id_dropout=0.3), creators, products, progress=False
     ).fit(train.tocsr())
     assert model.encoders.product_ids.rows[39] == 0  # the OOV row
@@ -173,7 +173,7 @@ def test_early_stopping_keeps_the_best_epoch() -> None:
     creators, products = _frames()
     train = contract_matrix(0)
     val = contract_matrix(1) - train.multiply(contract_matrix(1))
-    model = TwoTowerRecommender(
+    model = TwoTowerTrainer(
         _tiny_cfg(epochs=6, patience=0, early_stop_k=5), creators, products, progress=False
     ).fit(train, val.tocsr())
     recalls = [h["val_recall"] for h in model.history]
@@ -183,19 +183,19 @@ def test_early_stopping_keeps_the_best_epoch() -> None:
 
 def test_an_id_only_creator_tower_reads_its_history_instead_of_its_id() -> None:
     train = contract_matrix(0)
-    id_only = TwoTowerRecommender(_tiny_cfg(epochs=1), progress=False).fit(train)
+    id_only = TwoTowerTrainer(_tiny_cfg(epochs=1), progress=False).fit(train)
     assert id_only.encoders.creator_ids.vocab_size == 1  # every creator on the OOV row
     assert id_only.encoders.product_ids.vocab_size > 1
     # two creators with the same training goods get the same embedding: the history is all
     twins = train.tolil()
     twins[1] = twins[0]
-    twin_model = TwoTowerRecommender(_tiny_cfg(epochs=1), progress=False).fit(twins.tocsr())
+    twin_model = TwoTowerTrainer(_tiny_cfg(epochs=1), progress=False).fit(twins.tocsr())
     np.testing.assert_allclose(
         twin_model.creator_vectors[0], twin_model.creator_vectors[1], rtol=1e-5
     )
 
     creators, products = _frames()
-    with_side = TwoTowerRecommender(_tiny_cfg(epochs=1), creators, products, progress=False)
+    with_side = TwoTowerTrainer(_tiny_cfg(epochs=1), creators, products, progress=False)
     assert with_side.fit(train).encoders.creator_ids.vocab_size > 1  # features: IDs kept
     keep = _tiny_cfg(epochs=1, history_replaces_creator_id=False)
-    assert TwoTowerRecommender(keep, progress=False).fit(train).encoders.creator_ids.vocab_size > 1
+    assert TwoTowerTrainer(keep, progress=False).fit(train).encoders.creator_ids.vocab_size > 1

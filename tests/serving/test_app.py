@@ -29,11 +29,11 @@ from hypothesis import strategies as st
 from features.indicators import DIMENSIONS
 from features.io import read_table
 from features.settings import Settings, load_settings
-from serving import lookup
-from serving.app import create_app, install_sighup
-from serving.broker_matches import BrokerMatchStore
-from serving.bundle import Bundle, load_bundle
-from serving.sources import ServeSources
+from serving.api.app import create_app, install_sighup
+from serving.online import lookup
+from serving.online.broker_matches import BrokerMatchStore
+from serving.online.bundle import Bundle, load_bundle
+from serving.online.sources import ServeSources
 
 TOKEN = "admin-secret-token"
 MATCHING = [
@@ -73,26 +73,20 @@ def cfg() -> Settings:
 @pytest.fixture(scope="module")
 def served(tiny_data: Path, cfg: Settings, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A pipeline folder: data, tier, matching, lists/{creator,product}, brokers."""
-    from serving.brokers import run as match_brokers
-    from serving.recommend import run as recommend
-    from training.matching_job import run as train_matching
+    from serving.batch.job import ListsRequest
+    from serving.batch.job import run as recommend
+    from serving.brokers.job import run as match_brokers
+    from training.matching.job import run as train_matching
 
     root = tmp_path_factory.mktemp("served")
     (root / "data").symlink_to(tiny_data)
     _tiers_from_truth(tiny_data, root / "tier")
     train_matching(cfg, root / "data", root / "matching", tiers=root / "tier", progress=False)
     for direction in ("creator", "product"):
-        recommend(
-            root / "data",
-            root / "matching",
-            root / "lists" / direction,
-            k=LIST_K,
-            direction=direction,
-            tiers=root / "tier",
-            cfg=cfg,
-            progress=False,
-            workers=1,
+        request = ListsRequest(
+            root / "data", str(root / "matching"), str(root / "tier"), LIST_K, direction
         )
+        recommend(cfg, request, root / "lists" / direction, progress=False, workers=1)
     match_brokers(
         cfg, root / "data", root / "matching", root / "brokers", tiers=root / "tier", progress=False
     )
@@ -669,7 +663,7 @@ def test_openapi_property_no_server_errors(client: TestClient, bundle: Bundle):
 
 def test_list_store_sorts_and_maps_positions(tmp_path: Path):
     """Parts in any order, unknown queries dropped, unknown items kept as -1."""
-    from serving.lists import ListStore
+    from serving.online.batch_lists import ListStore
 
     rows = pd.DataFrame(
         {

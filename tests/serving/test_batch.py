@@ -18,8 +18,10 @@ import pytest
 
 from features.errors import HaowuError, OutputExistsError
 from features.settings import Settings, load_settings
-from serving.batch import JOB_FILE, SUCCESS, OutputWriteError, part_path, write_shards
-from serving.batch_bench import CreatorsShards, GoodsShards, HashShards, prepare_world
+from models.artifacts import SUCCESS
+from serving.batch.bench import CreatorsShards, GoodsShards, HashShards, prepare_world
+from serving.batch.parts import OutputWriteError, part_path
+from serving.batch.shards import JOB_FILE, write_shards
 
 N, SHARD, K = 240, 20, 4  # 12 parts
 MANIFEST = {"model": "run-a", "k": K, "direction": "creator"}
@@ -160,8 +162,8 @@ def test_worker_errors_come_back_as_domain_errors(tmp_path: Path) -> None:
 KILLED_JOB = """
 import sys
 from pathlib import Path
-from serving.batch import write_shards
-from serving.batch_bench import HashShards
+from serving.batch.shards import write_shards
+from serving.batch.bench import HashShards
 write_shards({n}, HashShards(k={k}, delay_s=0.25), Path(sys.argv[1]), shard_size={shard},
              manifest={manifest!r}, workers=2, progress=False)
 """
@@ -268,7 +270,7 @@ def test_ray_engine_writes_the_local_engines_lists(
 def test_ray_actor_returns_domain_errors_as_data(tmp_path: Path) -> None:
     """Ray Data would flatten a raised HaowuError into a traceback string: the actor
     reports it in its output instead, and the driver raises it (run_ray)."""
-    from serving.batch_ray import ShardActor
+    from serving.batch.ray_engine import ShardActor
 
     batch = pd.DataFrame({"part": [6, 7], "start": [120, 140], "stop": [140, 160]})
     done = ShardActor(HashShards(k=K, fail_at=150), str(tmp_path), 1)(batch)
@@ -286,12 +288,13 @@ def test_ray_actor_returns_domain_errors_as_data(tmp_path: Path) -> None:
 # ------------------------------------------------ end to end: `haowu recommend`
 @pytest.mark.slow
 def test_recommend_job_resumes_and_refuses_another_k(tiny_data: Path, tmp_path: Path) -> None:
-    """serving.recommend.run on a trained tiny model, through write_shards and the CLI."""
+    """serving.batch.job.run on a trained tiny model, through write_shards and the CLI."""
     from typer.testing import CliRunner
 
     from cli import app
-    from serving.recommend import run as recommend
-    from training.matching_job import run as train
+    from serving.batch.job import ListsRequest
+    from serving.batch.job import run as recommend
+    from training.matching.job import run as train
 
     overrides = [
         "matching.epochs=1", "matching.refit_all=false", "matching.baselines=[pop]",
@@ -301,17 +304,21 @@ def test_recommend_job_resumes_and_refuses_another_k(tiny_data: Path, tmp_path: 
     model = tmp_path / "run"
     train(cfg, tiny_data, model, progress=False)
     out = tmp_path / "lists"
-    first = recommend(tiny_data, model, out, k=10, cfg=cfg, workers=1, progress=False)
+    first = recommend(
+        cfg, ListsRequest(tiny_data, str(model), k=10), out, workers=1, progress=False
+    )
     assert first["parts"] == -(-first["queries"] // 500) > 1
     lists = _lists(out)
     assert lists["creator_id"].nunique() == first["queries"]
     assert not lists.duplicated(["creator_id", "rank"]).any()
     part_path(out, 1).unlink()
-    again = recommend(tiny_data, model, out, k=10, cfg=cfg, workers=1, progress=False)
+    again = recommend(
+        cfg, ListsRequest(tiny_data, str(model), k=10), out, workers=1, progress=False
+    )
     assert again["resumed_parts"] == first["parts"] - 1 and again["computed_parts"] == 1
     assert _lists(out).equals(lists)  # deterministic: the recomputed part is the same
     with pytest.raises(OutputExistsError, match="another job.*k: 10 vs 20"):
-        recommend(tiny_data, model, out, k=20, cfg=cfg, workers=1, progress=False)
+        recommend(cfg, ListsRequest(tiny_data, str(model), k=20), out, workers=1, progress=False)
     args = ["recommend", "--data", str(tiny_data), "--model", str(model), "--out", str(out),
             "--k", "20", "--workers", "1", "--preset", "tiny"]  # fmt: skip
     for override in overrides:

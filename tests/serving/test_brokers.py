@@ -15,10 +15,10 @@ from features.errors import ConfigError, ContractError, HaowuError, OutputExists
 from features.idmap import IdMap, id_map_path
 from features.io import read_table, write_table
 from features.settings import Settings, load_settings
-from models.expected_value import creator_capacity, relative_followers
-from serving.broker_matches import BrokerMatchStore, UnknownBrokerError
-from serving.brokers import MATCHES, SUMMARY, run
-from serving.brokers_bench import bench_brokers, truth_scorer
+from models.brokers.expected_value import creator_capacity, relative_followers
+from serving.brokers.bench import bench_brokers, truth_scorer
+from serving.brokers.job import MATCHES, SUMMARY, run
+from serving.online.broker_matches import BrokerMatchStore, UnknownBrokerError
 
 COLUMNS = ["broker_id", "creator_id", "product_id", "expected_value", "affinity", "rank"]
 
@@ -318,7 +318,7 @@ def test_bench_on_tiny(tiny_data: Path) -> None:
 
 def _embedding_run(data: Path, folder: Path, dim: int = 8) -> Path:
     """A matching run folder as train-matching writes it, with random embeddings."""
-    from models.recommender import EmbeddingRecommender
+    from models.matching.recommender import EmbeddingRecommender
 
     creators = read_table(data, "creators", columns=["creator_id"])["creator_id"].to_numpy()
     products = read_table(data, "products", columns=["product_id"])["product_id"].to_numpy()
@@ -350,7 +350,7 @@ def test_cli_on_a_matching_run(tiny_data: Path, tmp_path: Path) -> None:
 
 
 def test_embedding_scorer_matches_the_dot_product(tiny_data: Path, tmp_path: Path) -> None:
-    from serving.broker_scorer import load_scorer
+    from serving.brokers.scorer import load_scorer
 
     scorer = load_scorer(_embedding_run(tiny_data, tmp_path / "matching"))
     c = scorer.creators.ids[[5, 0, 9]]

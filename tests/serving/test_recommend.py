@@ -20,9 +20,9 @@ from typer.testing import CliRunner
 from cli import app
 from features.io import read_table, write_table
 from features.settings import load_settings
-from models.index import RetrievalError, UnknownIdError
-from serving.recommend import _RUNS, make_shard_fn
-from serving.retrieval import RetrievalRun
+from models.retrieval.index import RetrievalError, UnknownIdError
+from serving.batch.job import _RUNS, ListsRequest, make_shard_fn
+from serving.batch.retrieval_run import RetrievalRun
 
 CHEAP = [
     "matching.epochs=2",
@@ -40,7 +40,7 @@ NEW_ID = 9_000_000_000
 def world(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A cheap matching run on tiny, then a data folder with new and delisted goods and
     a tier run (random tiers: the policy's inputs, not the tier model's quality)."""
-    from training.matching_job import run as run_matching
+    from training.matching.job import run as run_matching
 
     root = tmp_path_factory.mktemp("recommend")
     model = root / "matching"
@@ -123,9 +123,8 @@ def test_creator_lists_follow_the_policy(world, creator_lists: Path) -> None:
 
 
 def test_new_goods_are_added_to_the_index_and_delisted_ones_removed(world) -> None:
-    shard = make_shard_fn(
-        world["data"], world["model"], world["tiers"], 10, "creator", False, load_settings("tiny")
-    )
+    request = ListsRequest(world["data"], str(world["model"]), str(world["tiers"]), 10)
+    shard = make_shard_fn(request, load_settings("tiny"))
     try:
         _check_new_and_delisted(world, shard)
     finally:
@@ -201,10 +200,8 @@ def test_product_direction_covers_new_goods(world, tmp_path) -> None:
 
 def test_shard_function_is_picklable_and_matches_the_job(world, creator_lists) -> None:
     cfg = load_settings("tiny")
-    factory = functools.partial(
-        make_shard_fn, world["data"], str(world["model"]), world["tiers"], 10, "creator",
-        False, cfg,
-    )  # fmt: skip
+    request = ListsRequest(world["data"], str(world["model"]), str(world["tiers"]), 10)
+    factory = functools.partial(make_shard_fn, request, cfg)
     shard = pickle.loads(pickle.dumps(factory))()
     got = shard(np.array([0, 1, 2]))
     rows = pd.read_parquet(creator_lists)

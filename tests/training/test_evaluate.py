@@ -5,8 +5,8 @@ import pytest
 import scipy.sparse as sp
 
 from features.matching_data import IdIndex, Interactions
-from models.recommender import Recommender
-from training.evaluate import EvalTask, evaluate, make_task
+from models.matching.recommender import Recommender
+from training.evaluation.evaluate import EvalTask, evaluate, make_task
 
 
 class FixedScores(Recommender):

@@ -1,5 +1,5 @@
 from features.settings import load_settings
-from training.matching_bench import bench_epoch, check_targets
+from training.matching.bench import bench_epoch, check_targets
 
 
 def test_targets_report_ratio_and_verdict() -> None:

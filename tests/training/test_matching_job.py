@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from features.settings import load_settings
-from training.matching_job import run
+from training.matching.job import run
 
 TINY = [
     "matching.epochs=2",

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from training.metrics import (
+from training.evaluation.ranking_metrics import (
     category_coverage_at_k,
     hit_rate_at_k,
     hits,

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from training.optim import RowWiseAdagrad
+from training.matching.optim import RowWiseAdagrad
 
 
 def _table(weight_decay: float = 0.0) -> tuple[torch.nn.Embedding, RowWiseAdagrad]:

@@ -11,8 +11,9 @@ from typer.testing import CliRunner
 
 from cli import app
 from features.io import write_json
-from training.pipeline import LAYOUT_VERSION, Layout
-from training.pipeline_summary import STEPS
+from models.artifacts import PipelineLayout
+from training.pipeline.runner import LAYOUT_VERSION
+from training.pipeline.summary import STEPS
 
 RUNNER = CliRunner()
 
@@ -24,7 +25,7 @@ def _client(uri: str):
 
 
 def test_layout_summary_and_next_commands(tiny_pipeline) -> None:
-    d = Layout(tiny_pipeline.root)
+    d = PipelineLayout(tiny_pipeline.root)
     for folder in (d.data, d.tier, d.matching, d.creator_lists, d.product_lists, d.brokers):
         assert folder.is_dir(), folder
     for lists in (d.creator_lists, d.product_lists):
@@ -55,7 +56,7 @@ def test_layout_summary_and_next_commands(tiny_pipeline) -> None:
 
 
 def test_report_is_self_contained(tiny_pipeline) -> None:
-    page = Layout(tiny_pipeline.root).report.read_text()
+    page = PipelineLayout(tiny_pipeline.root).report.read_text()
     assert page.startswith("<!DOCTYPE html>")
     images = re.findall(r'<img alt="[^"]*" src="([^"]{0,40})', page)
     assert len(images) >= 8 and all(src.startswith("data:image/png;base64,") for src in images)
@@ -68,7 +69,7 @@ def test_report_is_self_contained(tiny_pipeline) -> None:
 
 def test_nested_runs_tags_and_first_champions(tiny_pipeline) -> None:
     client = _client(tiny_pipeline.tracking_uri)
-    d = Layout(tiny_pipeline.root)
+    d = PipelineLayout(tiny_pipeline.root)
     parent_id = json.loads((d.root / ".steps" / "_layout.json").read_text())["mlflow_run_id"]
     parent = client.get_run(parent_id)
     assert parent.data.tags["haowu.job"] == "pipeline"

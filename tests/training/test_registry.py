@@ -8,8 +8,8 @@ import pytest
 
 from features.errors import HaowuError
 from features.settings import RegistryConfig
-from training import tracking
-from training.registry import PromotionRefused, promote, rollback
+from training.lifecycle import tracking
+from training.lifecycle.promotion import PromotionRefused, promote, rollback
 
 NAME = "haowu-gate-test"
 CFG = RegistryConfig(gates={NAME: {"recall@50": "higher"}}, tolerance=0.01)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from features.matching_data import IdIndex, Interactions
-from training.splits import SplitError, cold_products, random_split, time_split
+from training.evaluation.splits import SplitError, cold_products, random_split, time_split
 
 DAY = 86_400 * 10**9
 

@@ -17,10 +17,11 @@ from cli import app
 from features.errors import ContractError, OutputExistsError
 from features.io import count_rows, read_table, write_table
 from features.settings import load_settings
-from training import selected_goods, tier_job
-from training.tier_bench import bench_tier
-from training.tier_metrics import confusion, confusion_metrics, tier_metrics
-from training.tier_scoring import CONTRIBUTION_COLUMNS
+from training.tier import job as tier_job
+from training.tier import selected_goods
+from training.tier.bench import bench_tier
+from training.tier.metrics import confusion, confusion_metrics, tier_metrics
+from training.tier.scoring import CONTRIBUTION_COLUMNS
 
 CONTRACT_METRICS = (
     "qwk",

@@ -9,7 +9,7 @@ import pytest
 
 from features.errors import HaowuError
 from features.steps import StaleFolderError, StepLedger
-from training import tracking
+from training.lifecycle import tracking
 
 
 def test_names_mlflow_rejects_are_mapped() -> None:

@@ -1,0 +1,50 @@
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from models.matching.creator_history import CreatorHistory
+from models.matching.two_tower import TowerSpec, TwoTower, TwoTowerConfig
+
+
+def _matrix() -> sp.csr_matrix:
+    # creator 0: goods 1, 3; creator 1: none; creator 2: goods 0, 2, 3, 4
+    rows, cols = [0, 0, 2, 2, 2, 2], [1, 3, 0, 2, 3, 4]
+    return sp.csr_matrix((np.ones(6, np.float32), (rows, cols)), shape=(3, 5))
+
+
+def test_bags_hold_each_creators_goods_and_leave_out_the_target() -> None:
+    product_rows = np.array([5, 6, 7, 8, 9])  # position -> table row
+    history = CreatorHistory(_matrix(), product_rows, 0, np.random.default_rng(0))
+    bags = history.batch(np.array([2, 1, 0]), leave_out=np.array([2, 0, 3]))
+    assert bags.offsets.tolist() == [0, 4, 4]  # creator 1's bag is empty
+    items = bags.items.tolist()
+    assert sorted(items[:4]) == [5, 7, 8, 9] and sorted(items[4:]) == [6, 8]
+    left_out = {i for i, w in zip(items, bags.weights.tolist(), strict=True) if w == 0}
+    assert left_out == {7, 8}  # good 2 in creator 2's bag, good 3 in creator 0's
+    assert bags.counts.tolist() == [3.0, 0.0, 1.0]
+
+
+def test_long_histories_are_sampled_to_the_cap() -> None:
+    history = CreatorHistory(_matrix(), np.arange(5), 2, np.random.default_rng(0))
+    bags = history.batch(np.array([0, 1, 2]))
+    assert bags.counts.tolist() == [2.0, 0.0, 2.0]
+    assert set(bags.items[2:].tolist()) <= {0, 2, 3, 4}
+
+
+def test_tower_reads_the_mean_history_and_zeros_without_one() -> None:
+    cfg = TwoTowerConfig(TowerSpec(4, [], 0, history_rows=5), TowerSpec(5), id_dim=4, out_dim=4)
+    model = TwoTower(cfg).eval()
+    history = CreatorHistory(_matrix(), np.arange(5), 0, np.random.default_rng(0))
+    ids = torch.tensor([1, 2, 3])
+    no_cat, no_num = torch.zeros(3, 0, dtype=torch.long), torch.zeros(3, 0)
+    with_history = model.creator_tower(ids, no_cat, no_num, history.batch(np.arange(3)))
+    without = model.creator_tower(ids, no_cat, no_num)
+    # creator 1 has no goods: its bag reads as zeros, the same as no history at all
+    torch.testing.assert_close(with_history[1], without[1])
+    assert not torch.allclose(with_history[[0, 2]], without[[0, 2]])
+    # the bag is the mean of the goods' rows
+    table = model.creator_tower.history.weight.detach()
+    assert torch.allclose(
+        model.creator_tower._history(history.batch(np.array([0])), 1, None)[0],
+        table[[1, 3]].mean(0),
+    )
