@@ -11,7 +11,7 @@ import functools
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -69,6 +69,14 @@ def fails_cleanly(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def show(result: Mapping[str, Any], prefix: str = "", fmt: str = "") -> None:
+    """The one printer of result tables: `key: value` lines, keys right-aligned."""
+    width = max((len(prefix + str(key)) for key in result), default=0)
+    for key, value in result.items():
+        text = format(value, fmt) if fmt and isinstance(value, int | float) else value
+        typer.echo(f"{prefix + str(key):>{width}}: {text}")
+
+
 def settings(preset: str, config: Path | None, overrides: list[str] | None) -> Settings:
     return load_settings(preset, config, overrides or [])
 
@@ -102,8 +110,7 @@ def generate(
     cfg = settings(preset, config, overrides)
     start = time.perf_counter()
     counts = run_generate(cfg.data, out, overwrite=overwrite)
-    for table, rows in counts.items():
-        typer.echo(f"{table:>16}: {rows:,} rows")
+    show({table: f"{rows:,} rows" for table, rows in counts.items()})
     typer.echo(f"wrote {out} in {time.perf_counter() - start:.1f}s")
 
 
@@ -149,8 +156,7 @@ def import_(
         overwrite=overwrite,
     )
     summary = import_interactions(options)
-    for key, value in summary.items():
-        typer.echo(f"{key:>24}: {value}")
+    show(summary)
     typer.echo(f"wrote {out}; check it with: haowu validate {out}")
 
 
@@ -341,30 +347,7 @@ def selected_goods(
     typer.echo(f"wrote {out}/selected_goods.parquet and summary.json")
 
 
-@bench_app.command("tier")
-@fails_cleanly
-def bench_tier(
-    rows: Annotated[int | None, typer.Option(help="rows (default tier.bench.rows)")] = None,
-    model: Annotated[Path | None, typer.Option(help="a train-tier run (default: stand-in)")] = None,
-    write: Annotated[bool, typer.Option(help="also write the tier table to Parquet")] = True,
-    preset: PresetOpt = "small",
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-) -> None:
-    """Time tier scoring (score, tier, explanations) of N synthetic rows: rows/s and peak RSS."""
-    from training.tier.bench import bench_tier as run_bench
-
-    cfg = settings(preset, config, set_)
-    model_dir = model / "model" if model else None
-    result = run_bench(cfg.tier, rows or cfg.tier.bench.rows, model_dir, write)
-    for key, value in result.items():
-        typer.echo(f"{key:>24}: {value}")
-
-
 # --- matching commands (train-matching, recommend) ---
-
-
-TiersOpt = Annotated[Path | None, typer.Option(help="a train-tier run folder (tier side features)")]
 
 
 @app.command("train-matching")
@@ -385,8 +368,7 @@ def train_matching(
     cfg = settings(preset, config, set_)
     metrics = run_matching(cfg, data, out, tiers=tiers, overwrite=overwrite)
     typer.echo((out / "metrics.md").read_text())
-    for key, value in check_targets(metrics).items():
-        typer.echo(f"{key:>40}: {value}")
+    show(check_targets(metrics))
     typer.echo(f"wrote {out}/model, metrics.json, metrics.md, recall_*.png (run id in run.json)")
 
 
@@ -450,41 +432,6 @@ def recommend(
         )
 
 
-@bench_app.command("train")
-@fails_cleanly
-def bench_train(
-    preset: PresetOpt = "small",
-    data: Annotated[Path | None, typer.Option(help="data folder (default: generate it)")] = None,
-    out: Annotated[Path | None, typer.Option(help="where to write (default: temp)")] = None,
-    epoch_preset: Annotated[
-        str | None, typer.Option(help="also time one training epoch at this preset's scale")
-    ] = "full",
-    epoch_only: Annotated[bool, typer.Option(help="only the epoch timing")] = False,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-) -> None:
-    """Train matching on a preset, print recall vs baselines/oracle and the targets; time
-    one epoch at full scale (sampled steps)."""
-    import shutil
-    import tempfile
-
-    from training.matching.bench import bench_epoch
-    from training.matching.bench import bench_train as run_bench
-
-    if not epoch_only:
-        target = out or Path(tempfile.mkdtemp(prefix=f"haowu-bench-train-{preset}-"))
-        try:
-            result = run_bench(settings(preset, config, set_), data, target)
-        finally:
-            if out is None:
-                shutil.rmtree(target, ignore_errors=True)
-        for key, value in result.items():
-            typer.echo(f"{key:>40}: {value}")
-    if epoch_preset:
-        for key, value in bench_epoch(settings(epoch_preset, config, set_)).items():
-            typer.echo(f"{'epoch ' + key:>40}: {value}")
-
-
 # --- broker commands (match-brokers) ---
 
 
@@ -512,54 +459,10 @@ def match_brokers(
     metrics = run_match_brokers(
         cfg, inputs.data, inputs.model, out, tiers=inputs.tiers, overwrite=overwrite
     )
-    for key in (
-        "brokers",
-        "brokers_matched",
-        "brokers_empty",
-        "assignments",
-        "affinity_vs_random",
-        "creator_capacity_use",
-        "product_capacity_use",
-        "greedy_gap",
-        "seconds",
-    ):
-        typer.echo(f"{key:>22}: {metrics[key]:.4g}")
+    shown = ("brokers", "brokers_matched", "brokers_empty", "assignments", "affinity_vs_random",
+             "creator_capacity_use", "product_capacity_use", "greedy_gap", "seconds")  # fmt: skip
+    show({key: metrics[key] for key in shown}, fmt=".4g")
     typer.echo(f"wrote {out}")
-
-
-@bench_app.command("brokers")
-@fails_cleanly
-def bench_brokers(
-    preset: PresetOpt = "small",
-    data: Annotated[Path | None, typer.Option(help="data folder (default: generate one)")] = None,
-    model: Annotated[
-        str | None, typer.Option(help="matching run (default: a stand-in scorer from truth/)")
-    ] = None,
-    tiers: Annotated[Path | None, typer.Option(help="tier run folder")] = None,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-) -> None:
-    """Time match-brokers over every broker and measure greedy's gap to the exact solver."""
-    import shutil
-    import tempfile
-
-    from serving.brokers.bench import bench_brokers as run_bench
-
-    cfg = settings(preset, config, set_)
-    target = data
-    if data is None:
-        from features.synthetic import generate as run_generate
-
-        target = Path(tempfile.mkdtemp(prefix=f"haowu-bench-{preset}-")) / "data"
-        typer.echo(f"generating {preset} into {target} ...")
-        run_generate(cfg.data, target, progress=False)
-    try:
-        result = run_bench(cfg, target, model, tiers)
-    finally:
-        if data is None:
-            shutil.rmtree(target.parent, ignore_errors=True)
-    for key, value in result.items():
-        typer.echo(f"{key:>36}: {value:.4g}")
 
 
 # --- lifecycle commands (promote, rollback) ---
@@ -623,7 +526,139 @@ def rollback(
     typer.echo(f"{model}: {cfg.registry.champion_alias} v{old} -> v{new}")
 
 
-# --- retrieval commands ---
+# --- online service (serve) ---
+
+
+@app.command()
+@fails_cleanly
+def serve(
+    from_: FromOpt = None,
+    model: Annotated[
+        str | None, typer.Option(help="matching RUN_DIR or models:/haowu-matching@champion")
+    ] = None,
+    data: Annotated[Path | None, typer.Option(help="data folder (catalog, promoted goods)")] = None,
+    tiers: Annotated[Path | None, typer.Option(help="train-tier run folder")] = None,
+    lists: Annotated[Path | None, typer.Option(help="creator -> goods batch lists")] = None,
+    product_lists: Annotated[Path | None, typer.Option(help="product -> creators lists")] = None,
+    brokers: Annotated[Path | None, typer.Option(help="match-brokers output folder")] = None,
+    host: Annotated[str | None, typer.Option(help="bind address (serve.host)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (serve.port)")] = None,
+    workers: Annotated[int | None, typer.Option(help="worker processes (serve.workers)")] = None,
+    preset: PresetOpt = "small",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """The online lookup service (OpenAPI at /docs); SIGHUP or POST /admin/reload reloads."""
+    from serving.api.server import run_server, sources_from_flags
+
+    overrides = list(set_ or [])
+    for key, value in (("host", host), ("port", port), ("workers", workers)):
+        if value is not None:
+            overrides.append(f"serve.{key}={value}")
+    cfg = settings(preset, config, overrides)
+    sources = sources_from_flags(
+        from_,
+        model,
+        data=data,
+        tiers=tiers,
+        lists=lists,
+        product_lists=product_lists,
+        brokers=brokers,
+    )
+    run_server(cfg, sources, preset, config, overrides)
+
+
+if __name__ == "__main__":
+    app()
+
+
+# --- benchmarks: `haowu bench ...` (each calls one `bench.py` module and prints) ---
+
+
+@bench_app.command("tier")
+@fails_cleanly
+def bench_tier(
+    rows: Annotated[int | None, typer.Option(help="rows (default tier.bench.rows)")] = None,
+    model: Annotated[Path | None, typer.Option(help="a train-tier run (default: stand-in)")] = None,
+    write: Annotated[bool, typer.Option(help="also write the tier table to Parquet")] = True,
+    preset: PresetOpt = "small",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Time tier scoring (score, tier, explanations) of N synthetic rows: rows/s and peak RSS."""
+    from training.tier.bench import bench_tier as run_bench
+
+    cfg = settings(preset, config, set_)
+    model_dir = model / "model" if model else None
+    result = run_bench(cfg.tier, rows or cfg.tier.bench.rows, model_dir, write)
+    show(result)
+
+
+@bench_app.command("train")
+@fails_cleanly
+def bench_train(
+    preset: PresetOpt = "small",
+    data: Annotated[Path | None, typer.Option(help="data folder (default: generate it)")] = None,
+    out: Annotated[Path | None, typer.Option(help="where to write (default: temp)")] = None,
+    epoch_preset: Annotated[
+        str | None, typer.Option(help="also time one training epoch at this preset's scale")
+    ] = "full",
+    epoch_only: Annotated[bool, typer.Option(help="only the epoch timing")] = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Train matching on a preset, print recall vs baselines/oracle and the targets; time
+    one epoch at full scale (sampled steps)."""
+    import shutil
+    import tempfile
+
+    from training.matching.bench import bench_epoch
+    from training.matching.bench import bench_train as run_bench
+
+    if not epoch_only:
+        target = out or Path(tempfile.mkdtemp(prefix=f"haowu-bench-train-{preset}-"))
+        try:
+            result = run_bench(settings(preset, config, set_), data, target)
+        finally:
+            if out is None:
+                shutil.rmtree(target, ignore_errors=True)
+        show(result)
+    if epoch_preset:
+        show(bench_epoch(settings(epoch_preset, config, set_)), prefix="epoch ")
+
+
+@bench_app.command("brokers")
+@fails_cleanly
+def bench_brokers(
+    preset: PresetOpt = "small",
+    data: Annotated[Path | None, typer.Option(help="data folder (default: generate one)")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="matching run (default: a stand-in scorer from truth/)")
+    ] = None,
+    tiers: Annotated[Path | None, typer.Option(help="tier run folder")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Time match-brokers over every broker and measure greedy's gap to the exact solver."""
+    import shutil
+    import tempfile
+
+    from serving.brokers.bench import bench_brokers as run_bench
+
+    cfg = settings(preset, config, set_)
+    target = data
+    if data is None:
+        from features.synthetic import generate as run_generate
+
+        target = Path(tempfile.mkdtemp(prefix=f"haowu-bench-{preset}-")) / "data"
+        typer.echo(f"generating {preset} into {target} ...")
+        run_generate(cfg.data, target, progress=False)
+    try:
+        result = run_bench(cfg, target, model, tiers)
+    finally:
+        if data is None:
+            shutil.rmtree(target.parent, ignore_errors=True)
+    show(result, fmt=".4g")
 
 
 @bench_app.command("index")
@@ -662,8 +697,7 @@ def bench_index(
         result = run_bench(
             cfg.data, cfg.index, cfg.policy, k=k, n_eval=queries, directions=directions
         )
-        for key, value in result.items():
-            typer.echo(f"{key:>36}: {value}")
+        show(result)
         if out is not None:
             write_json(result, out)
     if diversity is not None:
@@ -737,8 +771,7 @@ def bench_batch(
     finally:
         if workdir is None:
             shutil.rmtree(folder, ignore_errors=True)
-    for key, value in result.items():
-        typer.echo(f"{key:>44}: {value}")
+    show(result)
     if out is not None:
         write_json(result, out)
 
@@ -766,52 +799,7 @@ def bench_generate(
     finally:
         if out is None:
             shutil.rmtree(target.parent, ignore_errors=True)
-    for key, value in result.items():
-        typer.echo(f"{key:>32}: {value}")
-
-
-# --- online service (serve, bench serve) ---
-
-
-
-
-@app.command()
-@fails_cleanly
-def serve(
-    from_: FromOpt = None,
-    model: Annotated[
-        str | None, typer.Option(help="matching RUN_DIR or models:/haowu-matching@champion")
-    ] = None,
-    data: Annotated[Path | None, typer.Option(help="data folder (catalog, promoted goods)")] = None,
-    tiers: Annotated[Path | None, typer.Option(help="train-tier run folder")] = None,
-    lists: Annotated[Path | None, typer.Option(help="creator -> goods batch lists")] = None,
-    product_lists: Annotated[Path | None, typer.Option(help="product -> creators lists")] = None,
-    brokers: Annotated[Path | None, typer.Option(help="match-brokers output folder")] = None,
-    host: Annotated[str | None, typer.Option(help="bind address (serve.host)")] = None,
-    port: Annotated[int | None, typer.Option(help="port (serve.port)")] = None,
-    workers: Annotated[int | None, typer.Option(help="worker processes (serve.workers)")] = None,
-    preset: PresetOpt = "small",
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-) -> None:
-    """The online lookup service (OpenAPI at /docs); SIGHUP or POST /admin/reload reloads."""
-    from serving.api.server import run_server, sources_from_flags
-
-    overrides = list(set_ or [])
-    for key, value in (("host", host), ("port", port), ("workers", workers)):
-        if value is not None:
-            overrides.append(f"serve.{key}={value}")
-    cfg = settings(preset, config, overrides)
-    sources = sources_from_flags(
-        from_,
-        model,
-        data=data,
-        tiers=tiers,
-        lists=lists,
-        product_lists=product_lists,
-        brokers=brokers,
-    )
-    run_server(cfg, sources, preset, config, overrides)
+    show(result)
 
 
 @bench_app.command("serve")
@@ -841,11 +829,6 @@ def bench_serve(
         port=port,
         overrides=list(set_ or []),
     )
-    for key, value in result.items():
-        typer.echo(f"{key:>36}: {value}")
+    show(result)
     if out is not None:
         write_json(result, out)
-
-
-if __name__ == "__main__":
-    app()

@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from features.settings import DataConfig
 from features.synthetic.generate import run_generation
+from features.synthetic.params import DataConfig
 
 KIB_PER_GIB = 2**20
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from features.settings import DataConfig
+from features.synthetic.params import DataConfig
 from features.synthetic.sampling import zipf_weights
 
 

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from features.settings import DataConfig
 from features.synthetic.brokers import Brokers
 from features.synthetic.categories import CategoryTree
+from features.synthetic.params import DataConfig
 from features.synthetic.sampling import (
     correlated,
     draw_categorical,

@@ -17,7 +17,6 @@ import numpy as np
 from features.contract import TABLES
 from features.errors import ConfigError
 from features.io import atomic_output_dir, write_json, write_table
-from features.settings import DataConfig
 from features.synthetic import truth
 from features.synthetic.brokers import BROKER_ID_BASE, build_brokers
 from features.synthetic.categories import build_categories
@@ -38,6 +37,7 @@ from features.synthetic.labels import (
     label_products,
 )
 from features.synthetic.merchants import MERCHANT_ID_BASE, build_merchants
+from features.synthetic.params import DataConfig
 from features.synthetic.products import PRODUCT_ID_BASE, build_products
 from features.synthetic.sampling import Stream, stream
 from features.synthetic.window import Window

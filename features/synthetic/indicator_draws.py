@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 
 from features.contract import HISTORY
-from features.settings import DataConfig
 from features.synthetic.merchants import Merchants
+from features.synthetic.params import DataConfig
 from features.synthetic.products import Products
 from features.synthetic.sampling import sigmoid
 from features.synthetic.window import DAY, Window

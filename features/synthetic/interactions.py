@@ -19,8 +19,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from features.io import write_part
-from features.settings import DataConfig
 from features.synthetic.creators import Creators
+from features.synthetic.params import DataConfig
 from features.synthetic.products import Products
 from features.synthetic.sampling import (
     Stream,

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from features.contract import DIMENSIONS
-from features.settings import DataConfig
+from features.synthetic.params import DataConfig
 from features.synthetic.sampling import seconds_to_timestamps, sigmoid
 from features.synthetic.window import DAY, Window
 

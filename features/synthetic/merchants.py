@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from features.settings import DataConfig
 from features.synthetic.categories import CategoryTree
+from features.synthetic.params import DataConfig
 from features.synthetic.sampling import correlated, draw_categorical
 
 MERCHANT_ID_BASE = 300_000_000

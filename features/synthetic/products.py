@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from features.settings import DataConfig
 from features.synthetic.categories import CategoryTree
 from features.synthetic.merchants import Merchants, assign_products
+from features.synthetic.params import DataConfig
 from features.synthetic.sampling import (
     Stream,
     correlated,

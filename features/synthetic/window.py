@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, time
 
-from features.settings import DataConfig
+from features.synthetic.params import DataConfig
 
 DAY = 86_400
 

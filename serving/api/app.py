@@ -29,6 +29,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from features.settings import Settings, load_settings
+from serving.api.broker_routes import brokers
+from serving.api.creator_routes import creators
 from serving.api.observability import (
     BodyTooLargeError,
     Metrics,
@@ -36,7 +38,7 @@ from serving.api.observability import (
     configure_access_log,
 )
 from serving.api.ops_routes import admin, ops
-from serving.api.routes import brokers, creators, products
+from serving.api.product_routes import products
 from serving.api.security import AuthError, Secrets
 from serving.online.bundle import Bundle, load_bundle
 from serving.online.lookup import InvalidRequestError, NotFoundError, UnsupportedError, warm_up

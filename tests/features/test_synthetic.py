@@ -13,19 +13,18 @@ import yaml
 from features.contract import TABLES
 from features.errors import ConfigError, OutputExistsError
 from features.io import read_table, table_path
-from features.settings import (
-    CONFIG_DIR,
+from features.settings import CONFIG_DIR, load_settings
+from features.synthetic import generate
+from features.synthetic.bench import bench_generate
+from features.synthetic.indicator_draws import HISTORY
+from features.synthetic.labels import GOODNESS, true_score
+from features.synthetic.params import (
     AffinityParams,
     AudienceParams,
     CatalogParams,
     DataConfig,
     IndicatorParams,
-    load_settings,
 )
-from features.synthetic import generate
-from features.synthetic.bench import bench_generate
-from features.synthetic.indicator_draws import HISTORY
-from features.synthetic.labels import GOODNESS, true_score
 from features.validate import validate_dir
 
 # A marketplace smaller than tiny, for tests that generate several times.

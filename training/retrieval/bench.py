@@ -24,7 +24,8 @@ import numpy as np
 import psutil
 import scipy.sparse as sp
 
-from features.settings import DataConfig, IndexConfig, PolicyConfig
+from features.settings import IndexConfig, PolicyConfig
+from features.synthetic.params import DataConfig
 from models.retrieval.catalog import ProductCatalog
 from models.retrieval.directions import GoodsRetriever
 from models.retrieval.index import EmbeddingIndex, ann_recall
