@@ -320,7 +320,7 @@ def train_tier(
 @app.command("selected-goods")
 @fails_cleanly
 def selected_goods(
-    tiers: Annotated[Path, typer.Option(help="a train-tier run folder")],
+    tiers: Annotated[str, typer.Option(help="train-tier RUN_DIR or models:/haowu-tier@champion")],
     data: Annotated[Path, typer.Option(help="data folder (for categories and commission)")],
     out: Annotated[Path, typer.Option(help="folder for the campaign pool")],
     quota: Annotated[int | None, typer.Option(help="most goods per category")] = None,
@@ -537,7 +537,7 @@ def serve(
         str | None, typer.Option(help="matching RUN_DIR or models:/haowu-matching@champion")
     ] = None,
     data: Annotated[Path | None, typer.Option(help="data folder (catalog, promoted goods)")] = None,
-    tiers: Annotated[Path | None, typer.Option(help="train-tier run folder")] = None,
+    tiers: TiersOpt = None,
     lists: Annotated[Path | None, typer.Option(help="creator -> goods batch lists")] = None,
     product_lists: Annotated[Path | None, typer.Option(help="product -> creators lists")] = None,
     brokers: Annotated[Path | None, typer.Option(help="match-brokers output folder")] = None,

@@ -1,6 +1,6 @@
 """Which ordinal treatment for the tier model? The numbers behind the README's choice.
 
-    python -m notebooks.tier_study runs/demo/data [small]
+    python notebooks/tier_study.py runs/demo/data [small]
 
 Every variant sees the split `train-tier` uses (same seed, flagged merchants' goods out of
 fitting, the rule applied at evaluation) and is scored on the labelled test split and

@@ -36,6 +36,7 @@ from models.artifacts import (
     SUCCESS,
     TIERS,
     ModelInfo,
+    open_tier_run,
     resolve_matching,
 )
 from models.matching.cold_start import TowerEmbedder, load_embedder
@@ -212,7 +213,8 @@ def load_bundle(sources: ServeSources, cfg: Settings, previous: Bundle | None = 
     t = time.perf_counter()
     resolved = resolve_matching(sources.model, cfg.serve.model_cache_dir)
     data_dir = sources.data or resolved.data_dir
-    tier_dir = sources.tiers or resolved.tier_dir
+    tier_ref = sources.tiers or resolved.tier_dir  # a folder or models:/haowu-tier@ALIAS
+    tier_dir = open_tier_run(tier_ref).root if tier_ref is not None else None
     if data_dir is None:
         raise ModelLoadError(
             f"{sources.model}: no data folder (give --data, or --from a pipeline folder)"

@@ -23,7 +23,7 @@ class ServeSources:
 
     model: str
     data: Path | None = None
-    tiers: Path | None = None
+    tiers: Path | str | None = None  # a tier run folder or models:/haowu-tier@ALIAS
     lists: Path | None = None  # creator -> goods batch lists
     product_lists: Path | None = None  # product -> creators batch lists
     brokers: Path | None = None

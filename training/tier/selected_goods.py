@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from features.errors import ContractError, HaowuError
 from features.io import atomic_output_dir, read_table, table_columns, write_json, write_table
 from features.settings import SelectedGoodsParams
-from models.artifacts import SUMMARY, TIERS
+from models.artifacts import SUMMARY, open_tier_run
 from models.tier.cuts import TOP_TIER
 from models.tier.explain import CONTRIBUTION_COLUMNS
 from models.tier.model import META_FILE
@@ -26,10 +26,12 @@ from models.tier.model import META_FILE
 POOL = "selected_goods"
 
 
-def read_selected(tier_run: Path) -> tuple[pd.DataFrame, float]:
-    """The L5 rows of RUN_DIR/tiers.parquet and the L5 cut of the run's model."""
-    path, meta = Path(tier_run) / TIERS, Path(tier_run) / "model" / META_FILE
-    if not path.is_file() or not meta.is_file():
+def read_selected(tier_ref: Path | str) -> tuple[pd.DataFrame, float]:
+    """The L5 rows of a tier run's tiers.parquet (a folder or models:/haowu-tier@ALIAS)
+    and the L5 cut of the run's model."""
+    tier_run = open_tier_run(tier_ref)
+    path, meta = tier_run.tiers, tier_run.model / META_FILE
+    if not meta.is_file():
         raise HaowuError(f"{tier_run} is not a tier run folder (needs tiers.parquet and model/)")
     tiers = pq.read_table(path, filters=[("tier", "=", TOP_TIER)]).to_pandas()
     cut = float(json.loads(meta.read_text())["cuts"][-1])
