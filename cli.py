@@ -3,6 +3,10 @@
 Parses arguments, loads settings and calls the job functions of `features`, `training`
 and `serving`; it holds no logic of its own. Heavy imports (torch, MLflow, FAISS) happen
 inside the commands so `haowu --help` stays instant.
+
+Why one long file: it is the only module allowed to import both `serving` and `training`
+(they are independent layers), so every command, the pipeline's composition of the jobs
+and the `haowu bench` sub-app (at the end) live here, each a few lines over one `run`.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ whole model folder, downloaded once into a cache; the tier model's registered ru
 its local run folder (tag `haowu.run_dir`), whose `run.json` must carry the same run ID.
 This module reads the registry (it never writes it): the one place below `training/`
 that talks to MLflow, so serving and a registered model's own code can open artifacts.
+It is long on purpose: the layouts, the names and the openers change together.
 """
 
 from __future__ import annotations
