@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -23,6 +22,7 @@ import typer
 
 from features.errors import HaowuError
 from features.settings import PRESETS, Settings, load_settings
+from features.version import haowu_version
 from models.artifacts import RUN_META
 
 app = typer.Typer(
@@ -85,16 +85,35 @@ def settings(preset: str, config: Path | None, overrides: list[str] | None) -> S
     return load_settings(preset, config, overrides or [])
 
 
+def _version(value: bool) -> None:
+    if value:
+        from features.version import shadowing
+
+        typer.echo(f"haowu {haowu_version()}")
+        for line in shadowing():  # another distribution's package of the same name
+            typer.secho(f"warning: {line}; the two overwrite each other", fg="yellow", err=True)
+        raise typer.Exit()
+
+
 @app.callback()
 def main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="warnings and errors only")] = False,
+    log_format: Annotated[
+        str, typer.Option(help="text (people) | json (one object a line, for machines)")
+    ] = "text",
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="print the version"),
+    ] = False,
 ) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
+    """Logs go to stderr in one format with ISO-8601 times; results go to stdout."""
+    from features import logs
+
+    if log_format not in ("text", "json"):
+        raise typer.BadParameter("text or json", param_hint="--log-format")
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logs.configure(level, log_format)  # type: ignore[arg-type]
 
 
 @app.command()

@@ -8,6 +8,7 @@ Unknown keys and wrong types are errors, so a typo never silently falls back to 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -19,9 +20,19 @@ from features.errors import ConfigError
 from features.strict_model import StrictModel
 from features.synthetic.params import DataConfig
 
-CONFIG_DIR = Path(
-    os.environ.get("HAOWU_CONFIG_DIR", Path(__file__).resolve().parents[1] / "configs")
-)
+
+def _config_dir() -> Path:
+    """`HAOWU_CONFIG_DIR`, else the source tree's `configs/` (a checkout or an editable
+    install), else the copy a wheel installs under `PREFIX/share/haowu/configs`."""
+    if "HAOWU_CONFIG_DIR" in os.environ:
+        return Path(os.environ["HAOWU_CONFIG_DIR"])
+    source = Path(__file__).resolve().parents[1] / "configs"
+    if source.is_dir():
+        return source
+    return Path(sys.prefix) / "share" / "haowu" / "configs"
+
+
+CONFIG_DIR = _config_dir()
 PRESETS = ("tiny", "small", "full")
 
 

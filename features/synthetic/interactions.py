@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from features.io import write_part
+from features.logs import progress_bar
 from features.synthetic.creators import Creators
 from features.synthetic.params import DataConfig
 from features.synthetic.products import Products
@@ -238,8 +238,8 @@ def write_interactions(
     total = int(sampler.counts.sum())
     rows = 0
     with (
-        tqdm(
-            total=total, desc="interactions", unit="row", unit_scale=True, disable=not progress
+        progress_bar(
+            None, progress, total=total, desc="interactions", unit="row", unit_scale=True
         ) as bar,
         ThreadPoolExecutor(max_workers=workers) as pool,
     ):

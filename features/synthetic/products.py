@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
+from features.logs import progress_bar
 from features.synthetic.categories import CategoryTree
 from features.synthetic.merchants import Merchants, assign_products
 from features.synthetic.params import DataConfig
@@ -161,7 +161,7 @@ def build_products(
     columns: dict[str, np.ndarray] = {}
     size = cfg.catalog.product_chunk_rows
     starts = range(0, n, size)
-    for index, lo in enumerate(tqdm(starts, desc="products", unit="chunk", disable=not progress)):
+    for index, lo in enumerate(progress_bar(starts, progress, desc="products", unit="chunk")):
         hi = min(lo + size, n)
         rng = stream(cfg.seed, Stream.PRODUCTS, index)
         chunk = _chunk(cfg, tree, merchants, merchant[lo:hi], window, new_share, rng)

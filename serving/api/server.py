@@ -50,6 +50,7 @@ def run_server(
     the same preset, config file and overrides (passed as JSON in the environment)."""
     import uvicorn
 
+    from features.logs import uvicorn_log_config
     from serving.api.app import ENV_CONFIG, create_app
 
     serve = cfg.serve
@@ -60,6 +61,7 @@ def run_server(
         access_log=False,  # serving/api/observability.py writes structured access lines
         server_header=False,
         log_level="info",
+        log_config=uvicorn_log_config(),  # haowu's format (features/logs.py)
         timeout_graceful_shutdown=30,
     )
     if serve.workers == 1:

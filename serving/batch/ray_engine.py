@@ -74,6 +74,17 @@ class ShardActor:
         )
 
 
+def require_ray() -> None:
+    """Ray is an extra (`pip install 'haowu[ray]'`): say so before any work starts."""
+    try:
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise HaowuError(
+            "--engine ray needs Ray, an optional extra: pip install 'haowu[ray]' "
+            "(or use --engine local)"
+        ) from None
+
+
 def run_ray(
     factory: ShardFactory,
     out: Path,

@@ -38,10 +38,10 @@ from typing import Any, Literal
 
 import pandas as pd
 import pyarrow.parquet as pq
-from tqdm.auto import tqdm
 
 from features.errors import HaowuError, OutputExistsError
 from features.io import write_json
+from features.logs import progress_bar
 from models.artifacts import SUCCESS
 from serving.batch.parts import (
     OnDone,
@@ -53,6 +53,7 @@ from serving.batch.parts import (
     save_part,
     shards,
 )
+from serving.batch.ray_engine import require_ray, run_ray
 from serving.batch.resources import ResourceMonitor, available_cores, die_with_parent, limit_threads
 
 log = logging.getLogger(__name__)
@@ -258,6 +259,8 @@ def write_shards(
         )
     if engine not in ("local", "ray"):
         raise HaowuError(f"unknown engine {engine!r}; choose local or ray")
+    if engine == "ray":
+        require_ray()
     out = Path(out)
     started, started_at = time.perf_counter(), _now()
     plan = shards(n_queries, shard_size)
@@ -276,14 +279,15 @@ def write_shards(
         log.info(
             "resuming %s: %d of %d parts done, %d to go", out, len(finished), len(plan), len(todo)
         )
-    bar = tqdm(
+    bar = progress_bar(
+        None,
+        progress,
         total=n_queries,
         initial=resumed,
         unit="q",
         unit_scale=True,
         smoothing=0.05,
         desc=desc or out.name,
-        disable=not progress,
         dynamic_ncols=True,
     )
 
@@ -293,8 +297,6 @@ def write_shards(
     with ResourceMonitor(cores or local_cores) as monitor:
         try:
             if todo and engine == "ray":
-                from serving.batch.ray_engine import run_ray
-
                 threads = run_ray(make_shard_fn, out, todo, workers, cores, on_done)
             elif todo and workers == 1:
                 _run_inline(make_shard_fn, out, todo, threads, on_done)

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from features.idmap import load_id_maps
 from features.io import atomic_output_dir, write_json
+from features.logs import progress_bar
 from features.settings import BrokersConfig, Settings
 from models.artifacts import BROKER_SUMMARY as SUMMARY
 from models.artifacts import MATCHES, METRICS, read_tiers
@@ -202,9 +202,7 @@ def match_brokers(
 
     results: list[BrokerResult] = []
     skipped = {"goods_not_in_catalog": 0, "goods_excluded_flagged": 0, "goods_excluded_tier": 0}
-    for broker_id in tqdm(
-        broker_ids(data_dir, roster, goods), desc="brokers", disable=not progress
-    ):
+    for broker_id in progress_bar(broker_ids(data_dir, roster, goods), progress, desc="brokers"):
         members = by_broker.get(broker_id, roster.iloc[:0])
         creator_ids = members["creator_id"].to_numpy(np.int64)
         product_ids = goods_by_broker.get(broker_id, goods.iloc[:0])["product_id"].to_numpy(

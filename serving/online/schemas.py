@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from features.version import haowu_version
 from models.retrieval.catalog import PRICE_BANDS
 
 K_MAX = 500
@@ -150,6 +151,7 @@ class ErrorBody(BaseModel):
 
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
+    version: str = Field(default_factory=haowu_version, description="haowu's version")
 
 
 class ModelStatus(BaseModel):

@@ -25,6 +25,7 @@ from typing import Any
 from features.contract import TABLES
 from features.errors import HaowuError
 from features.io import count_rows, table_columns, table_path
+from features.version import haowu_version
 from models.artifacts import import_mlflow as _mlflow
 from models.artifacts import tracking_uri
 
@@ -148,7 +149,11 @@ def data_preset(data_dir: Path) -> str | None:
 
 def run_tags(job: str, data_dir: Path | None = None) -> dict[str, str]:
     """The tags of a job's run: job, git commit, preset, data fingerprint and folder."""
-    tags = {"haowu.job": job, "haowu.git_commit": git_commit() or "unknown"}
+    tags = {
+        "haowu.job": job,
+        "haowu.git_commit": git_commit() or "unknown",
+        "haowu.version": haowu_version(),
+    }
     if data_dir is not None and Path(data_dir).exists():
         tags["haowu.data_fingerprint"] = data_fingerprint(data_dir)
         tags["haowu.data_dir"] = str(Path(data_dir).resolve())

@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
-from tqdm.auto import tqdm
 
 from features.encoders import IdEncoder, SideEncoder, TowerEncoders
+from features.logs import progress_bar
 from features.settings import MatchingConfig
 from models.matching.creator_history import CreatorHistory
 from models.matching.recommender import RecommenderError
@@ -205,9 +205,7 @@ class TwoTowerTrainer(TwoTowerRecommender):
             model.train()
             order = torch.from_numpy(rng.permutation(len(creator)))
             total, t0 = 0.0, time.perf_counter()
-            bar = tqdm(
-                range(n_batches), desc=f"epoch {epoch}", leave=False, disable=not self.progress
-            )
+            bar = progress_bar(range(n_batches), self.progress, desc=f"epoch {epoch}", leave=False)
             for b in bar:
                 idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
                 c, p = creator_t[idx], product_t[idx]

@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
 from features.indicators import DIMENSIONS
+from features.logs import progress_bar
 from models.tier.baseline import HandWeightedBaseline
 from models.tier.cuts import N_TIERS
 from models.tier.explain import CONTRIBUTION_COLUMNS
@@ -116,7 +116,9 @@ def score_products(
     schema = tier_schema()
     start = time.perf_counter()
     with pq.ParquetWriter(path, schema) as writer:
-        bar = tqdm(chunks, desc="score products", unit="chunk", total=total, disable=total is None)
+        bar = progress_bar(
+            chunks, total is not None, desc="score products", unit="chunk", total=total
+        )
         for chunk in bar:
             table = tier_table(model, chunk)
             writer.write_table(pa.Table.from_pandas(table, schema=schema, preserve_index=False))

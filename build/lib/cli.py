@@ -1,0 +1,857 @@
+"""`haowu`: the one command line in front of every job.
+
+Parses arguments, loads settings and calls the job functions of `features`, `training`
+and `serving`; it holds no logic of its own. Heavy imports (torch, MLflow, FAISS) happen
+inside the commands so `haowu --help` stays instant.
+
+Why one long file: it is the only module allowed to import both `serving` and `training`
+(they are independent layers), so every command, the pipeline's composition of the jobs
+and the `haowu bench` sub-app (at the end) live here, each a few lines over one `run`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from features.errors import HaowuError
+from features.settings import PRESETS, Settings, load_settings
+from features.version import haowu_version
+from models.artifacts import RUN_META
+
+app = typer.Typer(
+    help="haowu (好物): product tiering and creator-goods matching for live commerce.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+bench_app = typer.Typer(
+    help="Performance benchmarks: print figures and ratios.", no_args_is_help=True
+)
+app.add_typer(bench_app, name="bench")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+PresetOpt = Annotated[str, typer.Option(help=f"scale preset: {' | '.join(PRESETS)}")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML file of setting overrides")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", help="override one setting, e.g. --set data.seed=7")
+]
+OverwriteOpt = Annotated[bool, typer.Option(help="replace a non-empty output folder")]
+FromOpt = Annotated[
+    Path | None,
+    typer.Option("--from", help="pipeline folder: data, tier, matching, lists/*, brokers"),
+]
+ModelOpt = Annotated[
+    str | None, typer.Option(help="matching RUN_DIR or models:/haowu-matching@champion")
+]
+TiersOpt = Annotated[
+    str | None, typer.Option(help="train-tier RUN_DIR or models:/haowu-tier@champion")
+]
+
+
+def fails_cleanly(func: F) -> F:
+    """Turn domain errors into one line on stderr and exit code 1 (no traceback)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except HaowuError as exc:
+            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            typer.secho("interrupted", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def show(result: Mapping[str, Any], prefix: str = "", fmt: str = "") -> None:
+    """The one printer of result tables: `key: value` lines, keys right-aligned."""
+    width = max((len(prefix + str(key)) for key in result), default=0)
+    for key, value in result.items():
+        text = format(value, fmt) if fmt and isinstance(value, int | float) else value
+        typer.echo(f"{prefix + str(key):>{width}}: {text}")
+
+
+def settings(preset: str, config: Path | None, overrides: list[str] | None) -> Settings:
+    return load_settings(preset, config, overrides or [])
+
+
+def _version(value: bool) -> None:
+    if value:
+        from features.version import shadowing
+
+        typer.echo(f"haowu {haowu_version()}")
+        for line in shadowing():  # another distribution's package of the same name
+            typer.secho(f"warning: {line}; the two overwrite each other", fg="yellow", err=True)
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="warnings and errors only")] = False,
+    log_format: Annotated[
+        str, typer.Option(help="text (people) | json (one object a line, for machines)")
+    ] = "text",
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="print the version"),
+    ] = False,
+) -> None:
+    """Logs go to stderr in one format with ISO-8601 times; results go to stdout."""
+    from features import logs
+
+    if log_format not in ("text", "json"):
+        raise typer.BadParameter("text or json", param_hint="--log-format")
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logs.configure(level, log_format)  # type: ignore[arg-type]
+
+
+@app.command()
+@fails_cleanly
+def generate(
+    out: Annotated[Path, typer.Option(help="output data folder")],
+    preset: PresetOpt = "small",
+    seed: Annotated[int | None, typer.Option(help="random seed (overrides data.seed)")] = None,
+    overwrite: OverwriteOpt = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Write a synthetic marketplace: every contract table (Parquet) plus truth/."""
+    from features.synthetic import generate as run_generate
+
+    overrides = list(set_ or []) + ([f"data.seed={seed}"] if seed is not None else [])
+    cfg = settings(preset, config, overrides)
+    start = time.perf_counter()
+    counts = run_generate(cfg.data, out, overwrite=overwrite)
+    show({table: f"{rows:,} rows" for table, rows in counts.items()})
+    typer.echo(f"wrote {out} in {time.perf_counter() - start:.1f}s")
+
+
+@app.command("import")
+@fails_cleanly
+def import_(
+    interactions: Annotated[Path, typer.Option(help="CSV/TSV/Parquet of events")],
+    creator_col: Annotated[str, typer.Option(help="column holding the creator (user) id")],
+    product_col: Annotated[str, typer.Option(help="column holding the product (item) id")],
+    out: Annotated[Path, typer.Option(help="output data folder")],
+    ts_col: Annotated[str | None, typer.Option(help="event time column")] = None,
+    ts_unit: Annotated[str, typer.Option(help="unit of a numeric time column: s|ms|us|ns")] = "s",
+    weight_col: Annotated[
+        str | None, typer.Option(help="event value column (summed into gmv)")
+    ] = None,
+    min_weight: Annotated[
+        float | None, typer.Option(help="keep events with weight >= this")
+    ] = None,
+    sep: Annotated[str | None, typer.Option(help="field separator for .txt/.dat files")] = None,
+    creators: Annotated[Path | None, typer.Option(help="creator side table")] = None,
+    creator_id_col: Annotated[str | None, typer.Option(help="id column of --creators")] = None,
+    products: Annotated[Path | None, typer.Option(help="product side table")] = None,
+    product_id_col: Annotated[str | None, typer.Option(help="id column of --products")] = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Turn any implicit-feedback log into the contract's tables (IDs mapped, mapping kept)."""
+    from features.importer import ImportOptions, import_interactions
+
+    options = ImportOptions(
+        interactions=interactions,
+        creator_col=creator_col,
+        product_col=product_col,
+        ts_col=ts_col,
+        ts_unit=ts_unit,
+        weight_col=weight_col,
+        min_weight=min_weight,
+        sep=sep,
+        creators=creators,
+        creator_id_col=creator_id_col,
+        products=products,
+        product_id_col=product_id_col,
+        out=out,
+        overwrite=overwrite,
+    )
+    summary = import_interactions(options)
+    show(summary)
+    typer.echo(f"wrote {out}; check it with: haowu validate {out}")
+
+
+@app.command()
+@fails_cleanly
+def validate(data: Annotated[Path, typer.Argument(help="data folder")]) -> None:
+    """Check every table present against the data contract; exit 0 or a clear error."""
+    from features.validate import validate_dir
+
+    reports = validate_dir(data)
+    for name, report in reports.items():
+        typer.echo(f"{name:>16}: {report.rows:,} rows ok  ({report.path})")
+    typer.echo(f"{data}: valid")
+
+
+@app.command()
+@fails_cleanly
+def pipeline(
+    out: Annotated[Path, typer.Option(help="pipeline folder (data, models, lists, report)")],
+    preset: PresetOpt = "small",
+    force: Annotated[bool, typer.Option(help="rerun finished steps")] = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """generate -> validate -> train-tier -> train-matching -> promote -> recommend (both
+    directions) -> match-brokers -> report, under one MLflow run; a rerun skips finished
+    steps."""
+    import json
+
+    from features.synthetic import generate as run_generate
+    from features.validate import validate_dir
+    from models.artifacts import PipelineLayout
+    from serving.batch.job import ListsRequest
+    from serving.batch.job import run as run_recommend
+    from serving.brokers.job import run as run_brokers
+    from training.lifecycle.promotion import promote_run_dir
+    from training.lifecycle.tracking import tracking_uri
+    from training.matching.job import run as run_matching
+    from training.pipeline.report import build_report
+    from training.pipeline.runner import Step, run_pipeline
+    from training.pipeline.summary import format_summary, write_summary
+    from training.tier.job import run as run_tier
+
+    cfg = settings(preset, config, set_)
+    d = PipelineLayout(out)
+
+    def promote_both() -> dict[str, Any]:
+        return {
+            name: promote_run_dir(name, folder, cfg.registry)
+            for name, folder in (("haowu-tier", d.tier), ("haowu-matching", d.matching))
+        }
+
+    def recommend(direction: str, target: Path) -> Callable[[], dict[str, Any]]:
+        request = ListsRequest(d.data, str(d.matching), str(d.tier), direction=direction)
+        return lambda: run_recommend(cfg, request, target, overwrite=True, progress=False)
+
+    steps = [
+        Step(
+            "generate",
+            lambda: run_generate(cfg.data, d.data, overwrite=True),
+            data_dir=d.data,
+            params={"preset": preset, "seed": cfg.data.seed},
+        ),
+        Step(
+            "validate",
+            lambda: {k: r.rows for k, r in validate_dir(d.data).items()},
+            data_dir=d.data,
+        ),
+        Step("train-tier", lambda: run_tier(cfg, d.data, d.tier, overwrite=True), own_run=True),
+        Step(
+            "train-matching",
+            lambda: run_matching(cfg, d.data, d.matching, tiers=d.tier, overwrite=True),
+            own_run=True,
+        ),
+        Step("promote", promote_both, params={"gates": cfg.registry.gates}),
+        Step("recommend-creator", recommend("creator", d.creator_lists), data_dir=d.data),
+        Step("recommend-product", recommend("product", d.product_lists), data_dir=d.data),
+        Step(
+            "match-brokers",
+            lambda: run_brokers(cfg, d.data, d.matching, d.brokers, tiers=d.tier, overwrite=True),
+            data_dir=d.data,
+        ),
+        Step("report", lambda: {"bytes": build_report(out).stat().st_size}),
+    ]
+    identity = {
+        "preset": preset,
+        "config": str(config) if config else None,
+        "overrides": sorted(set_ or []),
+    }
+    result = run_pipeline(
+        out,
+        steps,
+        preset,
+        cfg.model_dump(mode="json"),
+        identity,
+        force=force,
+        echo=typer.echo,
+        finish=write_summary,
+    )
+    summary = json.loads(d.summary.read_text())
+    typer.echo("\n" + format_summary(summary))
+    typer.echo(f"\nresults in {d.root.resolve()} (report: {d.report.resolve()})")
+    typer.echo("next:")
+    typer.echo(f"  haowu serve --from {out}")
+    for name, promo in summary.get("promotion", {}).items():
+        if promo.get("status") == "refused":  # a human may override the gate, with a reason
+            folder = d.tier if name == "haowu-tier" else d.matching
+            typer.echo(f"  haowu promote --model {name} --run {folder} --force --reason '...'")
+    typer.echo(f"  mlflow ui --backend-store-uri {tracking_uri()}   # pipeline run {result.run_id}")
+
+
+# --- tier commands (train-tier, selected-goods) ---
+
+
+_TIER_ROWS = ("qwk", "macro_f1", "accuracy", "within_one", "l5_precision", "l5_recall")
+
+
+def _tier_table(metrics: dict[str, float]) -> str:
+    """Model | baseline on the test split, its no-history slice and the hidden truth."""
+    groups = [
+        ("test", ""),
+        ("test, no hist.", "cold_"),
+        ("truth", "truth_"),
+        ("truth, no hist.", "cold_truth_"),
+    ]
+    groups = [(title, p) for title, p in groups if f"{p}qwk" in metrics]
+    lines = [f"{'model | baseline':<16}" + "".join(f"{title:>18}" for title, _ in groups)]
+    for name in _TIER_ROWS:
+        cells = "".join(
+            f"{metrics[p + name]:>10.3f} | {metrics.get('baseline_' + p + name, float('nan')):.3f}"
+            for _, p in groups
+        )
+        lines.append(f"{name:<16}{cells}")
+    return "\n".join(lines)
+
+
+@app.command("train-tier")
+@fails_cleanly
+def train_tier(
+    data: Annotated[Path, typer.Option(help="data folder (contract tables)")],
+    out: Annotated[Path, typer.Option(help="run folder to write")],
+    preset: PresetOpt = "small",
+    overwrite: OverwriteOpt = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Fit the five-dimension tier model, evaluate it against the baseline, score every product."""
+    from training.tier.job import run as run_tier
+
+    cfg = settings(preset, config, set_)
+    metrics = run_tier(cfg, data, out, overwrite=overwrite)
+    typer.echo(_tier_table(metrics))
+    typer.echo(
+        f"trees {metrics['trees']:.0f}, trained in {metrics['train_seconds']:.1f}s; "
+        f"scored {metrics['products_scored']:,.0f} products in {metrics['score_seconds']:.1f}s; "
+        f"{metrics['selected_goods']:,.0f} Selected Goods (L5)"
+    )
+    typer.echo(f"wrote {out}/tiers.parquet, metrics.json, plots/, model/ (run id in run.json)")
+
+
+@app.command("selected-goods")
+@fails_cleanly
+def selected_goods(
+    tiers: Annotated[str, typer.Option(help="train-tier RUN_DIR or models:/haowu-tier@champion")],
+    data: Annotated[Path, typer.Option(help="data folder (for categories and commission)")],
+    out: Annotated[Path, typer.Option(help="folder for the campaign pool")],
+    quota: Annotated[int | None, typer.Option(help="most goods per category")] = None,
+    min_commission: Annotated[float | None, typer.Option(help="commission floor, e.g. 0.1")] = None,
+    preset: PresetOpt = "small",
+    overwrite: OverwriteOpt = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Write the Selected Goods campaign pool (L5 goods) with the reason each is in."""
+    from training.tier.selected_goods import run as run_pool
+
+    overrides = list(set_ or [])
+    if quota is not None:
+        overrides.append(f"tier.selected_goods.quota_per_category={quota}")
+    if min_commission is not None:
+        overrides.append(f"tier.selected_goods.min_commission={min_commission}")
+    cfg = settings(preset, config, overrides)
+    summary = run_pool(cfg.tier.selected_goods, tiers, data, out, overwrite=overwrite)
+    typer.echo(
+        f"{summary['pool']:,.0f} of {summary['selected_goods']:,.0f} Selected Goods in the pool "
+        f"across {summary['categories']:.0f} categories (L5 cut {summary['l5_cut']:.3f})"
+    )
+    typer.echo(f"wrote {out}/selected_goods.parquet and summary.json")
+
+
+# --- matching commands (train-matching, recommend) ---
+
+
+@app.command("train-matching")
+@fails_cleanly
+def train_matching(
+    data: Annotated[Path, typer.Option(help="data folder (contract tables)")],
+    out: Annotated[Path, typer.Option(help="run folder to write")],
+    tiers: TiersOpt = None,
+    preset: PresetOpt = "small",
+    overwrite: OverwriteOpt = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Fit the two-tower model and its baselines, evaluate (random, time, cold), log to MLflow."""
+    from training.matching.bench import check_targets
+    from training.matching.job import run as run_matching
+
+    cfg = settings(preset, config, set_)
+    metrics = run_matching(cfg, data, out, tiers=tiers, overwrite=overwrite)
+    typer.echo((out / "metrics.md").read_text())
+    show(check_targets(metrics))
+    typer.echo(f"wrote {out}/model, metrics.json, metrics.md, recall_*.png (run id in run.json)")
+
+
+@app.command()
+@fails_cleanly
+def recommend(
+    out: Annotated[Path, typer.Option(help="lists folder to write")],
+    from_: FromOpt = None,
+    data: Annotated[
+        Path | None, typer.Option(help="data folder (already-promoted goods are excluded)")
+    ] = None,
+    model: ModelOpt = None,
+    tiers: TiersOpt = None,
+    k: Annotated[int, typer.Option(help="list length")] = 50,
+    direction: Annotated[
+        str, typer.Option(help="creator: goods per creator | product: creators per good")
+    ] = "creator",
+    exact: Annotated[bool, typer.Option(help="exact FAISS search, not the ANN index")] = False,
+    engine: Annotated[str | None, typer.Option(help="local | ray (default: batch.engine)")] = None,
+    workers: Annotated[int | None, typer.Option(help="processes / actors (batch.workers)")] = None,
+    shard_size: Annotated[
+        int | None, typer.Option(help="queries per part file (default: batch.shard_size)")
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option("--force", "--overwrite", help="start over (also over another job's lists)"),
+    ] = False,
+    preset: PresetOpt = "small",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Write top-k lists with the FAISS index and the platform's policy: OUT/part-*.parquet,
+    then OUT/_SUCCESS; a rerun resumes."""
+    from models.artifacts import job_inputs
+    from serving.batch.job import ListsRequest
+    from serving.batch.job import run as run_recommend
+
+    cfg = settings(preset, config, set_)
+    inputs = job_inputs(from_, data, model, tiers)
+    request = ListsRequest(inputs.data, inputs.model, inputs.tiers, k, direction, exact)
+    manifest = run_recommend(
+        cfg,
+        request,
+        out,
+        overwrite=force,
+        engine=engine,
+        workers=workers,
+        shard_size=shard_size,
+    )
+    index = manifest.get("products_index" if direction == "creator" else "creators_index") or {}
+    typer.echo(
+        f"{manifest['rows']:,} rows for {manifest['queries']:,} {direction}s in "
+        f"{manifest['parts']} part(s), {manifest['seconds']}s "
+        f"({index.get('kind', '?')} index, nprobe {index.get('nprobe', 0)}); wrote {out}"
+    )
+    if "peak_rss_gib" in manifest:
+        typer.echo(
+            f"{manifest['queries_per_s']:,} q/s, peak RSS {manifest['peak_rss_gib']} GiB, "
+            f"CPU {manifest['cpu_utilisation']:.0%} of {manifest['cores']} cores; "
+            f"{manifest['resumed_parts']} part(s) resumed"
+        )
+
+
+# --- broker commands (match-brokers) ---
+
+
+@app.command("match-brokers")
+@fails_cleanly
+def match_brokers(
+    out: Annotated[Path, typer.Option(help="output folder")],
+    from_: FromOpt = None,
+    data: Annotated[
+        Path | None, typer.Option(help="data folder (creators.broker_id, broker_products)")
+    ] = None,
+    model: ModelOpt = None,
+    tiers: TiersOpt = None,
+    preset: PresetOpt = "small",
+    overwrite: OverwriteOpt = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Assign each broker's recruited goods to the creators on its roster (max expected value)."""
+    from models.artifacts import job_inputs
+    from serving.brokers.job import run as run_match_brokers
+
+    cfg = settings(preset, config, set_)
+    inputs = job_inputs(from_, data, model, tiers)
+    metrics = run_match_brokers(
+        cfg, inputs.data, inputs.model, out, tiers=inputs.tiers, overwrite=overwrite
+    )
+    shown = ("brokers", "brokers_matched", "brokers_empty", "assignments", "affinity_vs_random",
+             "creator_capacity_use", "product_capacity_use", "greedy_gap", "seconds")  # fmt: skip
+    show({key: metrics[key] for key in shown}, fmt=".4g")
+    typer.echo(f"wrote {out}")
+
+
+# --- lifecycle commands (promote, rollback) ---
+
+
+def _run_id(run: str) -> str:
+    """A run id, or a job's RUN_DIR whose run.json names it."""
+    import json
+
+    path = Path(run) / RUN_META
+    if path.is_file():
+        return json.loads(path.read_text())["run_id"]
+    if Path(run).exists():
+        raise HaowuError(f"{run} is a folder without run.json: not a haowu run folder")
+    return run
+
+
+@app.command()
+@fails_cleanly
+def promote(
+    model: Annotated[str, typer.Option(help="registered model, e.g. haowu-matching")],
+    run: Annotated[str, typer.Option(help="MLflow run id or the job's RUN_DIR")],
+    force: Annotated[bool, typer.Option(help="override the gate (needs --reason)")] = False,
+    reason: Annotated[str | None, typer.Option(help="why the gate is overridden")] = None,
+    preset: PresetOpt = "small",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Make a run's model champion if it is no worse than the current one on the gate."""
+    from training.lifecycle.promotion import PromotionRefused
+    from training.lifecycle.promotion import promote as run_promote
+
+    cfg = settings(preset, config, set_)
+    try:
+        result = run_promote(model, _run_id(run), cfg.registry, force=force, reason=reason)
+    except PromotionRefused as exc:
+        typer.secho(str(exc), fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
+    if result.rows:
+        typer.echo(result.table)
+    was = f"(was v{result.previous})" if result.previous else "(first champion)"
+    typer.echo(
+        f"{model} v{result.version} is {cfg.registry.champion_alias} {was}"
+        + (" [forced]" if result.forced else "")
+    )
+
+
+@app.command()
+@fails_cleanly
+def rollback(
+    model: Annotated[str, typer.Option(help="registered model, e.g. haowu-matching")],
+    preset: PresetOpt = "small",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Restore the previous champion."""
+    from training.lifecycle.promotion import rollback as run_rollback
+
+    cfg = settings(preset, config, set_)
+    old, new = run_rollback(model, cfg.registry)
+    typer.echo(f"{model}: {cfg.registry.champion_alias} v{old} -> v{new}")
+
+
+# --- online service (serve) ---
+
+
+@app.command()
+@fails_cleanly
+def serve(
+    from_: FromOpt = None,
+    model: Annotated[
+        str | None, typer.Option(help="matching RUN_DIR or models:/haowu-matching@champion")
+    ] = None,
+    data: Annotated[Path | None, typer.Option(help="data folder (catalog, promoted goods)")] = None,
+    tiers: TiersOpt = None,
+    lists: Annotated[Path | None, typer.Option(help="creator -> goods batch lists")] = None,
+    product_lists: Annotated[Path | None, typer.Option(help="product -> creators lists")] = None,
+    brokers: Annotated[Path | None, typer.Option(help="match-brokers output folder")] = None,
+    host: Annotated[str | None, typer.Option(help="bind address (serve.host)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (serve.port)")] = None,
+    workers: Annotated[int | None, typer.Option(help="worker processes (serve.workers)")] = None,
+    preset: PresetOpt = "small",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """The online lookup service (OpenAPI at /docs); SIGHUP or POST /admin/reload reloads."""
+    from serving.api.server import run_server, sources_from_flags
+
+    overrides = list(set_ or [])
+    for key, value in (("host", host), ("port", port), ("workers", workers)):
+        if value is not None:
+            overrides.append(f"serve.{key}={value}")
+    cfg = settings(preset, config, overrides)
+    sources = sources_from_flags(
+        from_,
+        model,
+        data=data,
+        tiers=tiers,
+        lists=lists,
+        product_lists=product_lists,
+        brokers=brokers,
+    )
+    run_server(cfg, sources, preset, config, overrides)
+
+
+if __name__ == "__main__":
+    app()
+
+
+# --- benchmarks: `haowu bench ...` (each calls one `bench.py` module and prints) ---
+
+
+@bench_app.command("tier")
+@fails_cleanly
+def bench_tier(
+    rows: Annotated[int | None, typer.Option(help="rows (default tier.bench.rows)")] = None,
+    model: Annotated[Path | None, typer.Option(help="a train-tier run (default: stand-in)")] = None,
+    write: Annotated[bool, typer.Option(help="also write the tier table to Parquet")] = True,
+    preset: PresetOpt = "small",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Time tier scoring (score, tier, explanations) of N synthetic rows: rows/s and peak RSS."""
+    from training.tier.bench import bench_tier as run_bench
+
+    cfg = settings(preset, config, set_)
+    model_dir = model / "model" if model else None
+    result = run_bench(cfg.tier, rows or cfg.tier.bench.rows, model_dir, write)
+    show(result)
+
+
+@bench_app.command("train")
+@fails_cleanly
+def bench_train(
+    preset: PresetOpt = "small",
+    data: Annotated[Path | None, typer.Option(help="data folder (default: generate it)")] = None,
+    out: Annotated[Path | None, typer.Option(help="where to write (default: temp)")] = None,
+    epoch_preset: Annotated[
+        str | None, typer.Option(help="also time one training epoch at this preset's scale")
+    ] = "full",
+    epoch_only: Annotated[bool, typer.Option(help="only the epoch timing")] = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Train matching on a preset, print recall vs baselines/oracle and the targets; time
+    one epoch at full scale (sampled steps)."""
+    import shutil
+    import tempfile
+
+    from training.matching.bench import bench_epoch
+    from training.matching.bench import bench_train as run_bench
+
+    if not epoch_only:
+        target = out or Path(tempfile.mkdtemp(prefix=f"haowu-bench-train-{preset}-"))
+        try:
+            result = run_bench(settings(preset, config, set_), data, target)
+        finally:
+            if out is None:
+                shutil.rmtree(target, ignore_errors=True)
+        show(result)
+    if epoch_preset:
+        show(bench_epoch(settings(epoch_preset, config, set_)), prefix="epoch ")
+
+
+@bench_app.command("brokers")
+@fails_cleanly
+def bench_brokers(
+    preset: PresetOpt = "small",
+    data: Annotated[Path | None, typer.Option(help="data folder (default: generate one)")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="matching run (default: a stand-in scorer from truth/)")
+    ] = None,
+    tiers: Annotated[Path | None, typer.Option(help="tier run folder")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Time match-brokers over every broker and measure greedy's gap to the exact solver."""
+    import shutil
+    import tempfile
+
+    from serving.brokers.bench import bench_brokers as run_bench
+
+    cfg = settings(preset, config, set_)
+    target = data
+    if data is None:
+        from features.synthetic import generate as run_generate
+
+        target = Path(tempfile.mkdtemp(prefix=f"haowu-bench-{preset}-")) / "data"
+        typer.echo(f"generating {preset} into {target} ...")
+        run_generate(cfg.data, target, progress=False)
+    try:
+        result = run_bench(cfg, target, model, tiers)
+    finally:
+        if data is None:
+            shutil.rmtree(target.parent, ignore_errors=True)
+    show(result, fmt=".4g")
+
+
+@bench_app.command("index")
+@fails_cleanly
+def bench_index(
+    preset: PresetOpt = "small",
+    k: Annotated[int, typer.Option(help="list length measured (recall@k, policy at k)")] = 100,
+    queries: Annotated[int, typer.Option(help="held-out queries timed (ANN and exact)")] = 1000,
+    direction: Annotated[
+        list[str] | None, typer.Option(help="products | creators (default: both)")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="also write the figures as JSON here")] = None,
+    diversity: Annotated[
+        Path | None,
+        typer.Option(help="also write the diversity curve (csv, png, json) to this folder"),
+    ] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option(help="diversity curve over this matching run (refit_all=false) and --data"),
+    ] = None,
+    data: Annotated[Path | None, typer.Option(help="the data --model was trained on")] = None,
+    tiers: Annotated[Path | None, typer.Option(help="a train-tier run for --model")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Build, tune and time the FAISS index on synthetic embeddings of the preset's size;
+    with --diversity, the accuracy-diversity curve of the policy's re-ranking."""
+    import os
+
+    from features.io import write_json
+    from training.retrieval.bench import run as run_bench
+
+    cfg = settings(preset, config, set_)
+    directions = tuple(direction or ("products", "creators"))
+    if queries > 0:
+        result = run_bench(
+            cfg.data, cfg.index, cfg.policy, k=k, n_eval=queries, directions=directions
+        )
+        show(result)
+        if out is not None:
+            write_json(result, out)
+    if diversity is not None:
+        from models.retrieval.synthetic import diversity_scenario
+        from training.retrieval.diversity_curve import held_out_scenario
+        from training.retrieval.diversity_curve import run as run_curve
+
+        if model is not None:
+            if data is None:
+                raise HaowuError("--model needs --data (the data it was trained on)")
+            scenario = held_out_scenario(data, model, tiers)
+            title = f"held-out pairs of {model}"
+        else:
+            d = cfg.data
+            scenario = diversity_scenario(
+                n_products=d.n_products,
+                n_l1=d.n_categories_l1,
+                n_l2=d.n_categories_l2,
+                n_leaf=d.n_leaf_categories,
+                seed=d.seed,
+            )
+            title = f"synthetic scenario at {preset} scale"
+        frame = run_curve(scenario, cfg.policy, diversity, title=title)
+        typer.echo(f"load average {os.getloadavg()[0]:.2f}; {title}")
+        typer.echo(frame.round(4).to_string(index=False))
+        typer.echo(f"wrote {diversity}/diversity_curve.{{csv,png,json}}")
+
+
+@bench_app.command("batch")
+@fails_cleanly
+def bench_batch(
+    preset: PresetOpt = "small",
+    direction: Annotated[
+        list[str] | None,
+        typer.Option(help="creator | product, repeatable (default: both; creator on full)"),
+    ] = None,
+    workers: Annotated[
+        list[int] | None, typer.Option(help="workers to time, repeatable (default: batch.workers)")
+    ] = None,
+    engine: Annotated[str | None, typer.Option(help="local | ray (default: batch.engine)")] = None,
+    workdir: Annotated[
+        Path | None,
+        typer.Option(help="keep vectors, indexes and lists here; a rerun reuses them"),
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="also write the figures as JSON here")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Time the batch job (index, policy, Parquet) on synthetic embeddings of the preset's
+    size; ANN recall and speed-up against exact search on a sample."""
+    import shutil
+    import tempfile
+
+    from features.io import write_json
+    from serving.batch.bench import run as run_bench
+
+    cfg = settings(preset, config, set_)
+    directions = tuple(direction or (("creator",) if preset == "full" else ("creator", "product")))
+    bad = [d for d in directions if d not in ("creator", "product")]
+    if bad:
+        raise HaowuError(f"--direction {bad[0]}: choose creator or product")
+    folder = workdir or Path(tempfile.mkdtemp(prefix=f"haowu-bench-batch-{preset}-"))
+    try:
+        result = run_bench(
+            cfg,
+            folder,
+            directions,
+            tuple(workers or (cfg.batch.workers,)),
+            engine or cfg.batch.engine,
+        )
+    finally:
+        if workdir is None:
+            shutil.rmtree(folder, ignore_errors=True)
+    show(result)
+    if out is not None:
+        write_json(result, out)
+
+
+@bench_app.command("generate")
+@fails_cleanly
+def bench_generate(
+    preset: PresetOpt = "tiny",
+    out: Annotated[
+        Path | None, typer.Option(help="where to write (default: a temp folder)")
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Time the synthetic generator: rows/s per table and peak RSS."""
+    import shutil
+    import tempfile
+
+    from features.synthetic.bench import bench_generate as run_bench
+
+    cfg = settings(preset, config, set_)
+    target = out or Path(tempfile.mkdtemp(prefix=f"haowu-bench-{preset}-")) / "data"
+    try:
+        result = run_bench(cfg.data, target)
+    finally:
+        if out is None:
+            shutil.rmtree(target.parent, ignore_errors=True)
+    show(result)
+
+
+@bench_app.command("serve")
+@fails_cleanly
+def bench_serve(
+    from_: Annotated[Path, typer.Option("--from", help="pipeline folder to serve")],
+    rate: Annotated[float, typer.Option(help="GET goods requests per second (open loop)")] = 500,
+    cold_rate: Annotated[float, typer.Option(help="POST /creators/goods per second")] = 20,
+    seconds: Annotated[float, typer.Option(help="length of each timed scenario")] = 20,
+    connections: Annotated[int, typer.Option(help="client connections (open loop)")] = 16,
+    port: Annotated[int, typer.Option(help="loopback port for the service")] = 8765,
+    out: Annotated[Path | None, typer.Option(help="also write the figures as JSON here")] = None,
+    preset: PresetOpt = "small",
+    set_: SetOpt = None,
+) -> None:
+    """Load-test `haowu serve --from DIR` on loopback: latency, capacity, cold start, reload."""
+    from features.io import write_json
+    from serving.api.bench import run_bench
+
+    result = run_bench(
+        from_,
+        preset,
+        rate=rate,
+        cold_rate=cold_rate,
+        seconds=seconds,
+        connections=connections,
+        port=port,
+        overrides=list(set_ or []),
+    )
+    show(result)
+    if out is not None:
+        write_json(result, out)

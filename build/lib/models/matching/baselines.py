@@ -1,0 +1,221 @@
+"""Baselines on the same interface: popularity, ALS (implicit), EASE and ItemKNN.
+
+Scoring needs each creator's training history for the item-based models (EASE, ItemKNN),
+so they keep the training matrix; creators without history fall back to popularity
+order via a tiny popularity prior (ties otherwise break arbitrarily).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from models.matching.recommender import Recommender, RecommenderError
+
+PRIOR = 1e-6  # weight of the popularity tie-breaker in history-based scores
+
+
+def _popularity(train: sp.csr_matrix) -> np.ndarray:
+    counts = np.asarray(train.sum(axis=0)).ravel().astype(np.float32)
+    return counts / max(float(counts.max(initial=0.0)), 1.0)  # (n_products,) in [0, 1]
+
+
+class PopularityRecommender(Recommender):
+    """Every creator gets the goods promoted by the most creators in training."""
+
+    kind = "pop"
+
+    def __init__(self) -> None:
+        self.popularity: np.ndarray | None = None
+
+    def fit(self, train: sp.csr_matrix, val: sp.csr_matrix | None = None) -> PopularityRecommender:
+        self.popularity = _popularity(train)
+        self.n_products = train.shape[1]
+        return self
+
+    def score(self, creators: np.ndarray) -> np.ndarray:
+        self._check_fitted()
+        return np.broadcast_to(self.popularity, (len(creators), self.n_products))
+
+    def _save(self, path: Path) -> dict[str, Any]:
+        np.save(path / "popularity.npy", self.popularity)
+        return {}
+
+    @classmethod
+    def _load(cls, path: Path, meta: dict[str, Any]) -> PopularityRecommender:
+        model = cls()
+        model.popularity = np.load(path / "popularity.npy")
+        return model
+
+
+class ALSRecommender(Recommender):
+    """Implicit-feedback matrix factorisation (Hu, Koren, Volinsky 2008) via `implicit`."""
+
+    kind = "als"
+
+    def __init__(
+        self,
+        factors: int = 64,
+        regularization: float = 0.05,
+        alpha: float = 10.0,
+        iterations: int = 15,
+        threads: int = 2,
+        seed: int = 42,
+    ) -> None:
+        self.params = dict(
+            factors=factors,
+            regularization=regularization,
+            alpha=alpha,
+            iterations=iterations,
+            threads=threads,
+            seed=seed,
+        )
+        self.creator_factors: np.ndarray | None = None
+        self.product_factors: np.ndarray | None = None
+
+    def fit(self, train: sp.csr_matrix, val: sp.csr_matrix | None = None) -> ALSRecommender:
+        from implicit.cpu.als import AlternatingLeastSquares
+
+        p = self.params
+        model = AlternatingLeastSquares(
+            factors=p["factors"],
+            regularization=p["regularization"],
+            alpha=p["alpha"],
+            iterations=p["iterations"],
+            num_threads=p["threads"],
+            random_state=p["seed"],
+        )
+        model.fit(sp.csr_matrix(train, dtype=np.float32), show_progress=False)
+        self.creator_factors = np.asarray(model.user_factors, dtype=np.float32)
+        self.product_factors = np.asarray(model.item_factors, dtype=np.float32)
+        self.n_products = train.shape[1]
+        return self
+
+    def score(self, creators: np.ndarray) -> np.ndarray:
+        self._check_fitted()
+        u = torch.from_numpy(self.creator_factors[creators])
+        return (u @ torch.from_numpy(self.product_factors).T).numpy()
+
+    def _save(self, path: Path) -> dict[str, Any]:
+        np.save(path / "creator_factors.npy", self.creator_factors)
+        np.save(path / "product_factors.npy", self.product_factors)
+        return {"params": self.params}
+
+    @classmethod
+    def _load(cls, path: Path, meta: dict[str, Any]) -> ALSRecommender:
+        model = cls(**meta["params"])
+        model.creator_factors = np.load(path / "creator_factors.npy")
+        model.product_factors = np.load(path / "product_factors.npy")
+        return model
+
+
+class _HistoryRecommender(Recommender):
+    """Item-based models: score = history @ item_weights (+ a popularity tie-breaker)."""
+
+    def __init__(self) -> None:
+        self.history: sp.csr_matrix | None = None
+        self.popularity: np.ndarray | None = None
+
+    def _fit_history(self, train: sp.csr_matrix) -> sp.csr_matrix:
+        self.history = sp.csr_matrix(train, dtype=np.float32)
+        self.history.data[:] = 1.0
+        self.popularity = _popularity(train)
+        self.n_products = train.shape[1]
+        return self.history
+
+    def _item_scores(self, rows: sp.csr_matrix) -> np.ndarray:
+        raise NotImplementedError
+
+    def score(self, creators: np.ndarray) -> np.ndarray:
+        self._check_fitted()
+        rows = self.history[creators]
+        return self._item_scores(rows) + PRIOR * self.popularity[None, :]
+
+    def _save_history(self, path: Path) -> None:
+        sp.save_npz(path / "history.npz", self.history)
+        np.save(path / "popularity.npy", self.popularity)
+
+    def _load_history(self, path: Path) -> None:
+        self.history = sp.load_npz(path / "history.npz").tocsr()
+        self.popularity = np.load(path / "popularity.npy")
+
+
+class EASERecommender(_HistoryRecommender):
+    """EASE (Steck 2019): closed-form item-item weights; O(n_products^2) memory."""
+
+    kind = "ease"
+
+    def __init__(self, lambda_: float = 500.0, max_products: int = 20000) -> None:
+        super().__init__()
+        self.lambda_, self.max_products = lambda_, max_products
+        self.weights: np.ndarray | None = None
+
+    def fit(self, train: sp.csr_matrix, val: sp.csr_matrix | None = None) -> EASERecommender:
+        n = train.shape[1]
+        if n > self.max_products:
+            raise RecommenderError(
+                f"EASE needs a dense {n}x{n} matrix; the limit is {self.max_products} products "
+                "(use ItemKNN, or raise matching.ease_max_products)"
+            )
+        x = self._fit_history(train)
+        gram = torch.from_numpy((x.T @ x).toarray().astype(np.float64))  # (n, n)
+        gram.diagonal().add_(self.lambda_)
+        inv = torch.linalg.inv(gram)
+        weights = -inv / inv.diagonal()[None, :]
+        weights.diagonal().zero_()
+        self.weights = weights.to(torch.float32).numpy()
+        return self
+
+    def _item_scores(self, rows: sp.csr_matrix) -> np.ndarray:
+        return np.asarray(rows @ self.weights, dtype=np.float32)
+
+    def _save(self, path: Path) -> dict[str, Any]:
+        self._save_history(path)
+        np.save(path / "weights.npy", self.weights)
+        return {"lambda": self.lambda_, "max_products": self.max_products}
+
+    @classmethod
+    def _load(cls, path: Path, meta: dict[str, Any]) -> EASERecommender:
+        model = cls(meta["lambda"], meta["max_products"])
+        model._load_history(path)
+        model.weights = np.load(path / "weights.npy")
+        return model
+
+
+class ItemKNNRecommender(_HistoryRecommender):
+    """Item-based cosine kNN (implicit's CosineRecommender), for catalogs too big for EASE."""
+
+    kind = "itemknn"
+
+    def __init__(self, neighbors: int = 100, threads: int = 2) -> None:
+        super().__init__()
+        self.neighbors, self.threads = neighbors, threads
+        self.similarity: sp.csr_matrix | None = None
+
+    def fit(self, train: sp.csr_matrix, val: sp.csr_matrix | None = None) -> ItemKNNRecommender:
+        from implicit.nearest_neighbours import CosineRecommender
+
+        x = self._fit_history(train)
+        knn = CosineRecommender(K=self.neighbors, num_threads=self.threads)
+        knn.fit(x, show_progress=False)
+        self.similarity = knn.similarity.tocsr().astype(np.float32)
+        return self
+
+    def _item_scores(self, rows: sp.csr_matrix) -> np.ndarray:
+        return (rows @ self.similarity).toarray().astype(np.float32)
+
+    def _save(self, path: Path) -> dict[str, Any]:
+        self._save_history(path)
+        sp.save_npz(path / "similarity.npz", self.similarity)
+        return {"neighbors": self.neighbors, "threads": self.threads}
+
+    @classmethod
+    def _load(cls, path: Path, meta: dict[str, Any]) -> ItemKNNRecommender:
+        model = cls(meta["neighbors"], meta["threads"])
+        model._load_history(path)
+        model.similarity = sp.load_npz(path / "similarity.npz").tocsr()
+        return model

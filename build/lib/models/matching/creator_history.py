@@ -1,0 +1,57 @@
+"""Each creator's training goods as the creator tower's embedding-bag input.
+
+Built once from the training matrix; a batch is gathered with index arithmetic, not a
+Python loop. Histories longer than `max_items` keep a random sample of that many goods,
+so one very active creator cannot make a batch arbitrarily large.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from models.matching.two_tower import HistoryBatch
+
+
+class CreatorHistory:
+    def __init__(
+        self,
+        train: sp.csr_matrix,
+        product_rows: np.ndarray,
+        max_items: int,
+        rng: np.random.Generator,
+    ) -> None:
+        """`train`: (n_creators, n_products) training pairs; `product_rows`: product
+        position -> row of the history table (0 = OOV, as for the product IDs)."""
+        coo = train.tocoo()
+        # random order within each creator, then keep the first `max_items`
+        order = np.lexsort((rng.random(coo.nnz), coo.row))
+        creator, product = coo.row[order], coo.col[order].astype(np.int64)
+        counts = np.bincount(creator, minlength=train.shape[0])
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        rank = np.arange(len(creator)) - np.repeat(starts, counts)
+        keep = rank < max_items if max_items > 0 else np.ones(len(creator), dtype=bool)
+        self.lengths = np.bincount(creator[keep], minlength=train.shape[0]).astype(np.int64)
+        self.indptr = np.concatenate([[0], np.cumsum(self.lengths)])
+        self.products = product[keep]  # (nnz_kept,) positions, to find a left-out target
+        self.rows = product_rows[self.products]  # (nnz_kept,) history-table rows
+
+    def batch(self, creators: np.ndarray, leave_out: np.ndarray | None = None) -> HistoryBatch:
+        """Bags of `creators` (B,); `leave_out` (B,) product positions weighted 0 in their
+        own row's bag (the training target)."""
+        lengths = self.lengths[creators]  # (B,)
+        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        bag = np.repeat(np.arange(len(creators)), lengths)  # (N,) bag of each entry
+        # (N,) positions in self.rows: each bag's start in the table plus the rank within it
+        flat = np.arange(len(bag)) - offsets[bag] + self.indptr[creators][bag]
+        weights = np.ones(len(flat), dtype=np.float32)
+        if leave_out is not None:
+            weights[self.products[flat] == leave_out[bag]] = 0.0
+        counts = np.bincount(bag, weights=weights, minlength=len(creators)).astype(np.float32)
+        return HistoryBatch(
+            torch.from_numpy(self.rows[flat]),
+            torch.from_numpy(offsets),
+            torch.from_numpy(weights),
+            torch.from_numpy(counts),
+        )

@@ -1,0 +1,180 @@
+"""One interface for every recommender: fit / score / recommend / save / load.
+
+Creators and products are *positions* (0..n-1), never raw IDs; the data layer maps IDs
+once. A model only has to say how it scores a batch of creators against every product
+(`score`); the shared `recommend` turns scores into top-k with already-seen goods
+excluded and, optionally, ranking restricted to a candidate set. Evaluation and the batch
+job never care which model they hold.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from features.errors import HaowuError
+
+MODEL_FILE = "recommender.json"
+
+
+class RecommenderError(HaowuError):
+    """A recommender was used wrongly (not fitted, wrong shapes, unknown kind)."""
+
+
+class Recommender(ABC):
+    """Base class: subclasses implement `fit`, `score`, `_save` and `_load`."""
+
+    kind: ClassVar[str]
+    registry: ClassVar[dict[str, type[Recommender]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "kind" in cls.__dict__:
+            Recommender.registry[cls.kind] = cls
+
+    n_products: int = 0
+
+    @abstractmethod
+    def fit(self, train: sp.csr_matrix, val: sp.csr_matrix | None = None) -> Recommender:
+        """Learn from the binary creator x product matrix `train` (val: early stopping)."""
+
+    @abstractmethod
+    def score(self, creators: np.ndarray) -> np.ndarray:
+        """(len(creators), n_products) float32 scores; higher is better. A fresh array
+        (or a read-only view): `recommend` masks it in place."""
+
+    def recommend(
+        self,
+        creators: np.ndarray,
+        k: int,
+        exclude: sp.csr_matrix | None = None,
+        candidates: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k products for each creator: (positions, scores), both (n, k).
+
+        `exclude` has one row per creator (e.g. the goods it already promoted); those
+        products score -inf. `candidates` restricts the ranking to these product positions.
+        Rows with fewer than k eligible products are padded with -inf scores.
+        """
+        creators = np.asarray(creators, dtype=np.int64)
+        if exclude is not None and exclude.shape[0] != len(creators):
+            raise RecommenderError(
+                f"exclude has {exclude.shape[0]} rows for {len(creators)} creators"
+            )
+        raw = np.ascontiguousarray(self.score(creators), dtype=np.float32)
+        if not raw.flags.writeable:  # masking writes into the scores, never into the model
+            raw = raw.copy()
+        scores = torch.from_numpy(raw)
+        if scores.shape != (len(creators), self.n_products):
+            raise RecommenderError(
+                f"score() returned {tuple(scores.shape)}, "
+                f"expected {(len(creators), self.n_products)}"
+            )
+        if exclude is not None and exclude.nnz:
+            coo = exclude.tocoo()
+            scores[
+                torch.from_numpy(coo.row.astype(np.int64)),
+                torch.from_numpy(coo.col.astype(np.int64)),
+            ] = -np.inf
+        columns = None
+        if candidates is not None:
+            columns = torch.from_numpy(np.asarray(candidates, dtype=np.int64))
+            scores = scores[:, columns]
+        k_eff = min(k, scores.shape[1])
+        top, idx = torch.topk(scores, k_eff, dim=1)  # (n, k)
+        if columns is not None:
+            idx = columns[idx]
+        positions, values = idx.numpy(), top.numpy()
+        if k_eff < k:  # a catalog smaller than k: pad
+            pad = k - k_eff
+            positions = np.pad(positions, ((0, 0), (0, pad)), constant_values=0)
+            values = np.pad(values, ((0, 0), (0, pad)), constant_values=-np.inf)
+        return positions, values
+
+    # --- persistence -------------------------------------------------------------------
+
+    def save(self, path: Path) -> Path:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        meta = {"kind": self.kind, "n_products": self.n_products, **self._save(path)}
+        (path / MODEL_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> Recommender:
+        """Load any saved recommender (the subclass is read from `recommender.json`)."""
+        path = Path(path)
+        meta_path = path / MODEL_FILE
+        if not meta_path.is_file():
+            raise RecommenderError(f"no saved recommender at {path} ({MODEL_FILE} missing)")
+        meta = json.loads(meta_path.read_text())
+        kind = meta["kind"]
+        if kind not in Recommender.registry:
+            raise RecommenderError(f"unknown recommender kind {kind!r}")
+        target = Recommender.registry[kind]
+        if cls is not Recommender and not issubclass(target, cls):
+            raise RecommenderError(f"{path} holds a {kind!r}, not a {cls.kind!r}")
+        model = target._load(path, meta)
+        model.n_products = int(meta["n_products"])
+        return model
+
+    @abstractmethod
+    def _save(self, path: Path) -> dict[str, Any]:
+        """Write the model's arrays under `path`; return extra metadata for the JSON."""
+
+    @classmethod
+    @abstractmethod
+    def _load(cls, path: Path, meta: dict[str, Any]) -> Recommender:
+        """Rebuild from what `_save` wrote."""
+
+    def _check_fitted(self) -> None:
+        if not self.n_products:
+            raise RecommenderError(f"{type(self).__name__} is not fitted")
+
+
+class EmbeddingRecommender(Recommender):
+    """Serve-time form of any factor model: score = creator_vecs @ product_vecs.T.
+
+    The two-tower model exports to this (torchrec style: train-time towers, serve-time
+    embeddings, joined by a small tested export step); so does ALS.
+    """
+
+    kind = "embedding"
+
+    def __init__(
+        self, creator_vectors: np.ndarray | None = None, product_vectors: np.ndarray | None = None
+    ) -> None:
+        self.creator_vectors = creator_vectors
+        self.product_vectors = product_vectors
+        if product_vectors is not None:
+            self.n_products = len(product_vectors)
+
+    def fit(self, train: sp.csr_matrix, val: sp.csr_matrix | None = None) -> EmbeddingRecommender:
+        raise RecommenderError(
+            "an EmbeddingRecommender is exported from a trained model, not fitted"
+        )
+
+    def score(self, creators: np.ndarray) -> np.ndarray:
+        self._check_fitted()
+        assert self.creator_vectors is not None and self.product_vectors is not None
+        u = torch.from_numpy(np.ascontiguousarray(self.creator_vectors[creators], dtype=np.float32))
+        v = torch.from_numpy(np.ascontiguousarray(self.product_vectors, dtype=np.float32))
+        return (u @ v.T).numpy()  # (n, n_products)
+
+    def _save(self, path: Path) -> dict[str, Any]:
+        np.save(path / "creator_embeddings.npy", self.creator_vectors)
+        np.save(path / "product_embeddings.npy", self.product_vectors)
+        return {}
+
+    @classmethod
+    def _load(cls, path: Path, meta: dict[str, Any]) -> EmbeddingRecommender:
+        return cls(
+            np.load(path / "creator_embeddings.npy", mmap_mode="r"),
+            np.load(path / "product_embeddings.npy"),
+        )

@@ -1,0 +1,214 @@
+"""Two-tower retrieval model: a creator tower and a product tower, trained with an
+in-batch sampled softmax corrected for sampling bias (logQ, Yi et al. RecSys 2019).
+
+Each tower embeds an ID (row 0 is the shared out-of-vocabulary bucket), embeds every
+categorical side feature, concatenates them with the numeric features and runs an MLP;
+the output is L2-normalised, so a score is a cosine divided by the temperature.
+
+The creator tower can also read the creator's history: the mean embedding of the goods
+it sold in training (its own table, YouTube-DNN style). A creator with few pairs then
+borrows strength from the goods' shared rows instead of relying on one sparsely trained
+ID row. In training the target product is left out of its own row's history, so the
+tower cannot learn to find the answer in its input.
+
+ID dropout: while training, a share of IDs is replaced by the OOV row (and, for
+creators, the history by an empty one). The tower must then place the item from its
+side features alone, which is exactly what it has to do for a cold product (no
+training interactions, so always the OOV row) or a newcomer creator.
+
+A tower without side features (an ID-only log) has nothing to fall back on, so it keeps
+its IDs and is regularised by dropout on its MLP input instead; and an ID-only creator
+tower with a history reads the history alone (the trainer maps every creator to the OOV
+row): a creator's own ID row memorises its training goods. Measured on three ID-only
+logs (README): reading the history in place of the ID lifts test Recall@50 on all
+three, the input dropout on the two denser ones (it costs 0.005 on the sparsest).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class TowerSpec:
+    """What one tower's inputs look like (from the fitted encoders)."""
+
+    n_ids: int  # ID table rows, OOV row 0 included
+    cardinalities: list[int] = field(default_factory=list)  # per categorical feature, 0 included
+    n_numeric: int = 0
+    history_rows: int = 0  # > 0: the tower reads a bag of these rows (the creator's goods)
+
+
+@dataclass
+class TwoTowerConfig:
+    creator: TowerSpec
+    product: TowerSpec
+    id_dim: int = 64
+    side_dim: int = 16
+    hidden: list[int] = field(default_factory=lambda: [256])
+    out_dim: int = 64
+    temperature: float = 0.05
+    learn_temperature: bool = False
+    id_dropout: float = 0.1
+    id_only_dropout: float = 0.0  # on the MLP input of a tower without side features
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TwoTowerConfig:
+        d = dict(d)
+        return cls(
+            creator=TowerSpec(**d.pop("creator")), product=TowerSpec(**d.pop("product")), **d
+        )
+
+
+@dataclass
+class HistoryBatch:
+    """Embedding-bag input: the flattened history rows of B creators."""
+
+    items: torch.Tensor  # (N,) int64 rows of the history table
+    offsets: torch.Tensor  # (B,) int64 start of each creator's bag in `items`
+    weights: torch.Tensor  # (N,) float32, 0 for a left-out item
+    counts: torch.Tensor  # (B,) float32 sum of each bag's weights
+
+
+class Tower(nn.Module):
+    """IDs + side features -> unit-length embedding."""
+
+    def __init__(self, spec: TowerSpec, cfg: TwoTowerConfig) -> None:
+        super().__init__()
+        has_side = bool(spec.cardinalities) or spec.n_numeric > 0
+        # one regulariser per tower: ID dropout where side features can carry a dropped ID,
+        # input dropout where there is nothing to fall back on (an ID-only tower)
+        self.id_dropout = cfg.id_dropout if has_side else 0.0
+        self.input_dropout = 0.0 if has_side else cfg.id_only_dropout
+        # sparse gradients: only the rows in a batch are touched (row-wise Adagrad), which keeps
+        # a step cheap with millions of IDs
+        self.ids = nn.Embedding(spec.n_ids, cfg.id_dim, sparse=True)
+        self.categorical = nn.ModuleList(
+            nn.Embedding(n, cfg.side_dim, sparse=True) for n in spec.cardinalities
+        )
+        # the history table is dropped when a service only embeds newcomers (no history),
+        # so the width is remembered apart from the module
+        self.history_dim = cfg.id_dim if spec.history_rows else 0
+        self.history: nn.EmbeddingBag | None = (
+            nn.EmbeddingBag(spec.history_rows, cfg.id_dim, mode="sum", sparse=True)
+            if spec.history_rows
+            else None
+        )
+        width = (
+            cfg.id_dim + self.history_dim + cfg.side_dim * len(spec.cardinalities) + spec.n_numeric
+        )
+        layers: list[nn.Module] = []
+        for hidden in cfg.hidden:
+            layers += [nn.Linear(width, hidden), nn.ReLU()]
+            width = hidden
+        layers.append(nn.Linear(width, cfg.out_dim))
+        self.mlp = nn.Sequential(*layers)
+        tables: list[nn.Module] = [self.ids, *self.categorical]
+        if self.history is not None:
+            tables.append(self.history)
+        for emb in tables:
+            nn.init.normal_(emb.weight, std=0.1)
+
+    def forward(
+        self,
+        ids: torch.Tensor,
+        categorical: torch.Tensor,
+        numeric: torch.Tensor,
+        history: HistoryBatch | None = None,
+    ) -> torch.Tensor:
+        # ids: (B,) int64; categorical: (B, n_cat) int64; numeric: (B, n_num) float32
+        dropped = None
+        if self.training and self.id_dropout > 0:
+            dropped = torch.rand(ids.shape, device=ids.device) < self.id_dropout
+            ids = ids.masked_fill(dropped, 0)
+        parts = [self.ids(ids)]
+        if self.history_dim:
+            parts.append(self._history(history, len(ids), dropped))
+        parts += [emb(categorical[:, j]) for j, emb in enumerate(self.categorical)]
+        parts.append(numeric)
+        x = torch.cat(parts, dim=1)  # (B, id_dim + history_dim + side_dim * n_cat + n_num)
+        if self.input_dropout:
+            x = F.dropout(x, self.input_dropout, self.training)
+        return F.normalize(self.mlp(x), dim=-1)  # (B, out_dim)
+
+    def _history(
+        self, history: HistoryBatch | None, batch: int, dropped: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Mean history embedding (B, id_dim); zeros for an empty or absent history."""
+        if history is None or self.history is None:
+            return torch.zeros(batch, self.history_dim)
+        total = self.history(history.items, history.offsets, per_sample_weights=history.weights)
+        mean = total / history.counts.clamp(min=1.0)[:, None]
+        if dropped is not None:
+            mean = mean.masked_fill(dropped[:, None], 0.0)
+        return mean
+
+
+class TwoTower(nn.Module):
+    def __init__(self, cfg: TwoTowerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.creator_tower = Tower(cfg.creator, cfg)
+        self.product_tower = Tower(cfg.product, cfg)
+        log_t = torch.tensor(float(cfg.temperature)).log()
+        if cfg.learn_temperature:
+            self.log_temperature = nn.Parameter(log_t)
+        else:
+            self.register_buffer("log_temperature", log_t)
+
+    @property
+    def temperature(self) -> torch.Tensor:
+        # a learnt temperature is kept in [0.01, 1]: below, the softmax saturates
+        return self.log_temperature.exp().clamp(0.01, 1.0)
+
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        tables = (nn.Embedding, nn.EmbeddingBag)
+        return [m.weight for m in self.modules() if isinstance(m, tables)]
+
+    def dense_parameters(self) -> list[nn.Parameter]:
+        sparse = {id(p) for p in self.sparse_parameters()}
+        return [p for p in self.parameters() if id(p) not in sparse]
+
+
+def in_batch_softmax_loss(
+    creator: torch.Tensor,
+    product: torch.Tensor,
+    log_q: torch.Tensor | None,
+    temperature: torch.Tensor | float,
+    product_keys: torch.Tensor | None = None,
+    extra: torch.Tensor | None = None,
+    extra_log_q: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Sampled softmax where row i's positive is product i and the other rows' products
+    (plus optional `extra` negatives) are its negatives.
+
+    logQ correction: in-batch negatives are drawn in proportion to popularity, which
+    would push popular goods down; subtracting log q_j (the expected share of item j
+    among the sampled candidates) from every logit for item j makes the sampled softmax
+    an unbiased estimate of the full one. `product_keys` masks accidental hits: the same
+    product appearing again in the batch is not a negative for its own row.
+    """
+    batch = creator.shape[0]
+    creator = creator / temperature  # scale the (B, d) side, not the (B, B) logits
+    logits = creator @ product.T  # (B, B)
+    if log_q is not None:
+        logits = logits - log_q[None, :]
+    if product_keys is not None:
+        same = product_keys[None, :] == product_keys[:, None]  # (B, B)
+        same.fill_diagonal_(False)
+        logits = logits.masked_fill(same, float("-inf"))
+    if extra is not None:
+        extra_logits = creator @ extra.T  # (B, M)
+        if extra_log_q is not None:
+            extra_logits = extra_logits - extra_log_q[None, :]
+        logits = torch.cat([logits, extra_logits], dim=1)  # (B, B + M)
+    target = torch.arange(batch, device=creator.device)
+    return F.cross_entropy(logits, target)

@@ -1,0 +1,234 @@
+"""`haowu recommend`: the batch job writing top-k lists for every creator (or product).
+
+`make_shard_fn(...)` returns the shard function (query positions -> rows) over a
+`RetrievalRun` (serving/batch/retrieval_run.py): FAISS search (exact with `exact=True`) and, for
+goods, the platform's policy (L0 and flagged merchants out, goods already promoted out,
+Selected Goods boost and share, category diversity). `run` hands it to
+`serving.batch.shards.write_shards`, which writes `OUT/part-NNNNN.parquet` and `OUT/_SUCCESS`
+last, resumes an interrupted job and runs locally or on Ray.
+
+Rows (DESIGN §6), IDs as the user gave them (maps kept by `haowu import`):
+
+- creator direction: `creator_id, rank, product_id, score, tier, category_l1,
+  selected_goods, diversity_slot, selected_slot, reason`;
+- product direction: `product_id, rank, creator_id, score, reason`.
+
+`reason` says why the row is there: its score rank, a Selected Goods boost or share
+slot, a category-diversity slot, and whether a side is new (embedded from features).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features.errors import HaowuError
+from features.settings import Settings
+from models.artifacts import is_registry_uri
+from serving.batch.shards import write_shards
+
+log = logging.getLogger(__name__)
+
+DIRECTIONS = ("creator", "product")
+
+
+# ----------------------------------------------------------------- shard function
+def _why_goods(lists_frame: pd.DataFrame, new_product: np.ndarray) -> np.ndarray:
+    slot = np.where(
+        lists_frame["selected_slot"],
+        "Selected Goods share slot",
+        np.where(lists_frame["diversity_slot"], "category diversity slot", "score rank"),
+    ).astype(object)
+    boosted = lists_frame["selected_goods"].to_numpy() & ~lists_frame["selected_slot"].to_numpy()
+    slot[boosted] += "; Selected Goods boost"
+    slot[new_product] += "; new product, embedded from its features"
+    return slot
+
+
+def _why_creators(new_product: np.ndarray, new_creator: np.ndarray) -> np.ndarray:
+    why = np.full(len(new_product), "score rank", dtype=object)
+    why[new_product] += "; new product, embedded from its features"
+    why[new_creator] += "; new creator, embedded from its features"
+    return why
+
+
+@dataclass(frozen=True)
+class ListsRequest:
+    """What one batch job writes: lists of `k` for every creator (or product) of `data`,
+    from `model` (a run folder or a registry URI), with `tiers` for the policy."""
+
+    data: Path
+    model: str
+    tiers: str | None = None
+    k: int = 50
+    direction: str = "creator"
+    exact: bool = False
+
+    def __post_init__(self) -> None:
+        if self.direction not in DIRECTIONS:
+            raise HaowuError(f"--direction must be creator or product, got {self.direction!r}")
+        if not isinstance(self.k, int) or self.k < 1:
+            raise HaowuError(f"--k must be >= 1, got {self.k}")
+        object.__setattr__(self, "data", Path(self.data))
+        object.__setattr__(self, "model", str(self.model))
+        if self.tiers is not None:
+            object.__setattr__(self, "tiers", str(self.tiers))
+
+
+def _absolute(ref: str | None) -> str | None:
+    """A folder as an absolute path (a registry URI as given), for the job's identity."""
+    return ref if ref is None or is_registry_uri(ref) else str(Path(ref).resolve())
+
+
+_RUNS: dict[str, Any] = {}  # one loaded RetrievalRun per job and process
+
+
+class ShardFn:
+    """Query positions (0..n_queries-1) -> list rows; loads its `RetrievalRun` on first use
+    (shared with the driver when both are one process). Picklable: the run is not pickled."""
+
+    def __init__(self, request: ListsRequest, cfg: Settings) -> None:
+        self.request, self.cfg = request, cfg
+        self.k, self.direction = request.k, request.direction
+        self.key = json.dumps(
+            [str(request.data.resolve()), request.model, request.tiers, request.exact,
+             cfg.index.model_dump(mode="json"), cfg.policy.model_dump(mode="json")],
+            sort_keys=True,
+        )  # fmt: skip
+
+    @property
+    def run(self) -> Any:
+        from serving.batch.retrieval_run import RetrievalRun
+
+        if self.key not in _RUNS:
+            _RUNS.clear()  # one job at a time per process
+            r = self.request
+            _RUNS[self.key] = RetrievalRun.load(
+                r.data, r.model, r.tiers, self.cfg.index, self.cfg.policy, r.exact
+            )
+        return _RUNS[self.key]
+
+    @property
+    def n_queries(self) -> int:
+        side = self.run.creators if self.direction == "creator" else self.run.products
+        return len(side.queries)
+
+    def __call__(self, queries: np.ndarray) -> pd.DataFrame:
+        queries = np.asarray(queries, dtype=np.int64)
+        if self.direction == "creator":
+            return self._goods(queries)
+        return self._creators(queries)
+
+    def _goods(self, queries: np.ndarray) -> pd.DataFrame:
+        run = self.run
+        positions = run.creators.queries[queries]
+        lists = run.goods_for_creators(positions, self.k)
+        frame = lists.to_frame(run.creators.ids.ids[positions], "creator_id")
+        product_pos = run.products.ids.positions(frame["product_id"].to_numpy())
+        frame["reason"] = _why_goods(frame, run.products.new[product_pos])
+        for column, dtype in (("tier", "Int8"), ("category_l1", "Int32")):  # -1: unknown
+            frame[column] = frame[column].astype(dtype).mask(frame[column] < 0)
+        frame["creator_id"] = run.external("creator", frame["creator_id"].to_numpy())
+        frame["product_id"] = run.external("product", frame["product_id"].to_numpy())
+        return frame
+
+    def _creators(self, queries: np.ndarray) -> pd.DataFrame:
+        run = self.run
+        positions = run.products.queries[queries]
+        creator_ids, scores = run.creators_for_products(positions, self.k)
+        n, k = creator_ids.shape
+        keep = (creator_ids >= 0).ravel()
+        product_pos = np.repeat(positions, k)[keep]
+        creators = creator_ids.ravel()[keep]
+        creator_pos = run.creators.ids.positions(creators)
+        return pd.DataFrame(
+            {
+                "product_id": run.external("product", run.products.ids.ids[product_pos]),
+                "rank": np.tile(np.arange(1, k + 1), n)[keep],
+                "creator_id": run.external("creator", creators),
+                "score": scores.ravel()[keep].astype(np.float32),
+                "reason": _why_creators(
+                    run.products.new[product_pos], run.creators.new[creator_pos]
+                ),
+            }
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        return dict(self.__dict__)  # the loaded run lives in _RUNS, never in the pickle
+
+
+def make_shard_fn(request: ListsRequest, cfg: Settings) -> ShardFn:
+    """The shard function of one `haowu recommend` job: query positions -> rows.
+
+    `functools.partial(make_shard_fn, request, cfg)` is the picklable factory
+    `write_shards` calls once per process; the first call in a process loads the run.
+    """
+    return ShardFn(request, cfg)
+
+
+# -------------------------------------------------------------------------- driver
+def run(
+    cfg: Settings,
+    request: ListsRequest,
+    out: Path,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    engine: str | None = None,
+    workers: int | None = None,
+    shard_size: int | None = None,
+) -> dict[str, Any]:
+    """Write top-k lists for every creator (or product); returns the `_SUCCESS` manifest.
+
+    A rerun of the same job resumes (finished parts are kept); `overwrite` starts over.
+    """
+    started = time.perf_counter()
+    k, direction = request.k, request.direction
+    factory = functools.partial(make_shard_fn, request, cfg)
+    shard = factory()
+    retrieval = shard.run
+    n_items = len(retrieval.products) if direction == "creator" else len(retrieval.creators)
+    if k > n_items:
+        what = "goods" if direction == "creator" else "creators"
+        raise HaowuError(f"--k {k} exceeds the {n_items} {what} the model and data hold")
+    retrieval.index("products" if direction == "creator" else "creators")  # built once, here
+    engine = engine or cfg.batch.engine
+    workers = workers or cfg.batch.workers
+    manifest = {
+        "job": "recommend",
+        "model": str(retrieval.folder.resolve()),
+        "data": str(request.data.resolve()),
+        "tiers": _absolute(request.tiers),
+        "direction": direction,
+        "k": k,
+        "exact": request.exact,
+        "policy": cfg.policy.model_dump(mode="json") if direction == "creator" else None,
+        **retrieval.describe(),
+    }
+    n_queries = shard.n_queries
+    if engine != "local" or workers > 1:
+        _RUNS.clear()  # the workers load their own; the driver need not hold a copy
+    result = write_shards(
+        n_queries,
+        factory,
+        Path(out),
+        shard_size=shard_size or cfg.batch.shard_size,
+        manifest=manifest,
+        force=overwrite,
+        engine=engine,  # type: ignore[arg-type]
+        workers=workers,
+        progress=progress,
+        cores=cfg.batch.cores or None,
+        desc=f"recommend {direction}",
+    )
+    log.info("recommend %s: %s rows in %.1fs", direction, result.get("rows"),
+             time.perf_counter() - started)  # fmt: skip
+    return result

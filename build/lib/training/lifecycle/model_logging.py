@@ -1,0 +1,81 @@
+"""Logging the trained models to MLflow as pyfunc models ("models from code").
+
+Each wrapper's own file (training/matching/pyfunc.py, training/tier/pyfunc.py) is stored
+with the model and run at load time, so nothing is pickled: a registered model loads
+wherever haowu is installed.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from models.artifacts import import_mlflow
+from models.tier.model import FEATURES, TierModel
+
+log = logging.getLogger(__name__)
+
+
+def log_tier_model(
+    model: TierModel, model_dir: Path, example: pd.DataFrame, registered_name: str | None
+) -> Any:
+    """Register the model folder (boosters, cut-points) as a pyfunc: one or five boosters
+    plus cut-points are more than one LightGBM model can carry."""
+    from mlflow.models import infer_signature
+    from mlflow.types import ColSpec, Schema
+
+    from training.lifecycle import tier_pyfunc
+
+    x = example.loc[:, [*FEATURES, "flagged_low_quality"]]
+    wrapper = tier_pyfunc.TierPyfunc()
+    wrapper.model = model
+    with warnings.catch_warnings():  # "integer columns cannot hold missing values": tier never is
+        warnings.simplefilter("ignore", UserWarning)
+        signature = infer_signature(x, wrapper.predict(None, x))
+    inputs = [  # the flagged-merchant rule applies only when the caller knows the flag
+        ColSpec(c.type, c.name, required=c.name != "flagged_low_quality")
+        for c in signature.inputs.inputs
+    ]
+    signature.inputs = Schema(inputs)
+    return import_mlflow().pyfunc.log_model(
+        name="model",
+        python_model=tier_pyfunc.__file__,
+        artifacts={tier_pyfunc.ARTIFACT: str(model_dir)},
+        signature=signature,
+        input_example=x,
+        registered_model_name=registered_name,
+        metadata={"cuts": model.cuts.tolist(), "base": model.base, "ordinal": model.params.ordinal},
+    )
+
+
+def log_matching_model(model_dir: Path, registered_name: str | None) -> str | None:
+    """Log the model folder as a pyfunc in the active run; register it when named."""
+    mlflow = import_mlflow()
+    from mlflow.models import infer_signature
+
+    from training.lifecycle import matching_pyfunc
+
+    example_model = matching_pyfunc.MatchingPyfunc()
+    example_model._load(Path(model_dir))
+    ids = example_model.creators.ids[:2]
+    if example_model.external_creators is not None:
+        ids = example_model.external_creators.to_external(ids)
+    example = pd.DataFrame({"creator_id": ids})
+    output = example_model.predict(None, example, {"k": 3})
+    signature = infer_signature(example, output, params={"k": 10})
+    info = mlflow.pyfunc.log_model(
+        name="model",
+        python_model=matching_pyfunc.__file__,
+        artifacts={matching_pyfunc.ARTIFACT: str(model_dir)},
+        signature=signature,
+        input_example=example,
+        registered_model_name=registered_name,
+        pip_requirements=["haowu"],
+    )
+    version = getattr(info, "registered_model_version", None)
+    log.info("logged pyfunc %s (registered %s v%s)", info.model_uri, registered_name, version)
+    return str(version) if version is not None else None

@@ -1,0 +1,233 @@
+"""Model lifecycle: the champion/challenger gate and rollback over the MLflow registry.
+
+The batch job and the service load `models:/NAME@champion`, so a model reaches them
+only through `promote`, which compares the challenger with the current champion on the
+gate metrics, on the same data fingerprint. Every change of champion is appended to a
+history tag on the registered model, which is what `rollback` walks back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from features.errors import HaowuError
+from features.settings import RegistryConfig
+from models.artifacts import RUN_META
+from training.lifecycle.tracking import configure, metric_key
+
+log = logging.getLogger(__name__)
+
+HISTORY_TAG = "haowu.champion_history"
+FINGERPRINT_TAG = "haowu.data_fingerprint"
+
+
+class PromotionRefused(HaowuError):
+    """The challenger is worse than the champion on a gate metric, or saw other data."""
+
+    def __init__(self, reason: str, table: str) -> None:
+        self.table = table
+        super().__init__(f"promotion refused: {reason}\n{table}")
+
+
+@dataclass
+class GateRow:
+    metric: str
+    direction: str
+    champion: float | None
+    challenger: float | None
+    passed: bool
+
+
+@dataclass
+class Promotion:
+    name: str
+    version: str
+    previous: str | None
+    rows: list[GateRow] = field(default_factory=list)
+    forced: bool = False
+
+    @property
+    def table(self) -> str:
+        return format_gate_table(self.rows)
+
+
+def format_gate_table(rows: list[GateRow]) -> str:
+    """Side-by-side champion vs challenger, one line per gate metric."""
+    lines = [f"{'metric':<16}{'champion':>12}{'challenger':>12}{'delta':>10}  gate"]
+    for r in rows:
+        champ = "-" if r.champion is None else f"{r.champion:.4f}"
+        chall = "-" if r.challenger is None else f"{r.challenger:.4f}"
+        delta = (
+            "-"
+            if r.champion is None or r.challenger is None
+            else f"{r.challenger - r.champion:+.4f}"
+        )
+        lines.append(
+            f"{r.metric:<16}{champ:>12}{chall:>12}{delta:>10}  {'ok' if r.passed else 'WORSE'}"
+        )
+    return "\n".join(lines)
+
+
+def _client():
+    configure()
+    from mlflow import MlflowClient
+
+    return MlflowClient()
+
+
+def _challenger_version(client, name: str, run_id: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        raise HaowuError(f"run {run_id!r} does not exist in the tracking store") from None
+    versions = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    if not versions:
+        raise HaowuError(f"run {run_id} has no registered version of model {name!r}")
+    return max(versions, key=lambda v: int(v.version))
+
+
+def _champion_version(client, name: str, alias: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def _history(client, name: str) -> list[str]:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        tags = client.get_registered_model(name).tags
+    except MlflowException:
+        raise HaowuError(f"no registered model named {name!r} in {client.tracking_uri}") from None
+    return json.loads(tags.get(HISTORY_TAG, "[]"))
+
+
+def _set_champion(client, name: str, version: str, alias: str, history: list[str]) -> None:
+    client.set_registered_model_alias(name, alias, version)
+    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
+
+
+def gate_rows(
+    champion: dict[str, float],
+    challenger: dict[str, float],
+    gates: dict[str, str],
+    tolerance: float,
+) -> list[GateRow]:
+    """Compare metric by metric; a missing challenger metric fails its gate."""
+    rows = []
+    for metric, direction in gates.items():
+        key = metric_key(metric)
+        old, new = champion.get(key), challenger.get(key)
+        if new is None:
+            passed = False
+        elif old is None:
+            passed = True
+        elif direction == "higher":
+            passed = new >= old - tolerance
+        else:
+            passed = new <= old + tolerance
+        rows.append(GateRow(metric, direction, old, new, passed))
+    return rows
+
+
+def promote(
+    name: str, run_id: str, cfg: RegistryConfig, force: bool = False, reason: str | None = None
+) -> Promotion:
+    """Make the run's registered version champion if it passes the gate (or `force`)."""
+    if force and not reason:
+        raise HaowuError("--force needs --reason: say why the gate is overridden")
+    client = _client()
+    challenger = _challenger_version(client, name, run_id)
+    champion = _champion_version(client, name, cfg.champion_alias)
+    history = _history(client, name)
+    if champion is not None and champion.version == challenger.version:
+        return Promotion(name, str(challenger.version), str(champion.version))
+    rows: list[GateRow] = []
+    if champion is not None:
+        old_run, new_run = client.get_run(champion.run_id), client.get_run(run_id)
+        rows = gate_rows(
+            old_run.data.metrics, new_run.data.metrics, cfg.gates.get(name, {}), cfg.tolerance
+        )
+        old_fp, new_fp = (
+            old_run.data.tags.get(FINGERPRINT_TAG),
+            new_run.data.tags.get(FINGERPRINT_TAG),
+        )
+        if old_fp != new_fp and not force:
+            raise PromotionRefused(
+                f"data fingerprint differs (champion {old_fp}, challenger {new_fp}); "
+                "metrics are only comparable on the same data",
+                format_gate_table(rows),
+            )
+        if not all(r.passed for r in rows) and not force:
+            raise PromotionRefused(
+                f"challenger v{challenger.version} is worse than champion v{champion.version}",
+                format_gate_table(rows),
+            )
+    history.append(str(challenger.version))
+    _set_champion(client, name, str(challenger.version), cfg.champion_alias, history)
+    client.set_model_version_tag(
+        name,
+        challenger.version,
+        "haowu.promoted_at",
+        datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    if force:
+        client.set_model_version_tag(name, challenger.version, "haowu.forced_reason", reason or "")
+    log.info("%s v%s is champion", name, challenger.version)
+    return Promotion(
+        name,
+        str(challenger.version),
+        None if champion is None else str(champion.version),
+        rows,
+        forced=force,
+    )
+
+
+def run_id_of(run_dir: Path) -> str:
+    """The MLflow run id a job's RUN_DIR recorded in `run.json`."""
+    path = Path(run_dir) / RUN_META
+    if not path.is_file():
+        raise HaowuError(f"{run_dir} has no run.json: not a finished train-* run folder")
+    return json.loads(path.read_text())["run_id"]
+
+
+def promote_run_dir(name: str, run_dir: Path, cfg: RegistryConfig) -> dict[str, Any]:
+    """The pipeline's promote step: try the gate, report the outcome instead of raising on
+    a refusal (the pipeline's own lists use its own model either way)."""
+    run_id = run_id_of(run_dir)
+    try:
+        result = promote(name, run_id, cfg)
+    except PromotionRefused as exc:
+        reason = str(exc).splitlines()[0].removeprefix("promotion refused: ")
+        log.warning("%s from %s not promoted: %s\n%s", name, run_dir, reason, exc.table)
+        return {"status": "refused", "reason": reason, "run_id": run_id, "table": exc.table}
+    return {
+        "status": "champion",
+        "version": result.version,
+        "previous": result.previous,
+        "run_id": run_id,
+        "table": result.table if result.rows else "",
+    }
+
+
+def rollback(name: str, cfg: RegistryConfig) -> tuple[str, str]:
+    """Restore the champion before the current one; returns (from_version, to_version)."""
+    client = _client()
+    history = _history(client, name)
+    current = _champion_version(client, name, cfg.champion_alias)
+    if current is None or len(history) < 2:
+        raise HaowuError(f"model {name!r} has no previous champion to roll back to")
+    history.pop()
+    previous = history[-1]
+    _set_champion(client, name, previous, cfg.champion_alias, history)
+    return str(current.version), previous

@@ -1,0 +1,319 @@
+"""`haowu train-matching`: fit the two-tower model and its baselines, evaluate them on the
+same splits with the same code, write the run folder and log it all to MLflow.
+
+Run folder (the artifact contract, also what `haowu recommend --model` reads):
+
+    RUN_DIR/model/           the served recommender: weights.pt, model_config.json,
+                             matching_config.json, encoders.json, recommender.json,
+                             creator_embeddings.npy, product_embeddings.npy,
+                             creator_ids.npy, product_ids.npy (position -> ID),
+                             products.parquet (product_id, category_l1, tier when known),
+                             id_maps/ (imported data: the user's own IDs)
+    RUN_DIR/metrics.json     flat metrics (DESIGN §6 names)
+    RUN_DIR/metrics.csv      protocol, model, metric, value (long form)
+    RUN_DIR/metrics.md       model vs baselines vs oracle, one table per protocol
+    RUN_DIR/recall_*.png     Recall@k curves per protocol
+    RUN_DIR/config.yaml      the resolved settings
+    RUN_DIR/history.json     per-epoch loss / validation recall of every two-tower fit
+    RUN_DIR/run.json         the MLflow run id and registered model version
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+from features.idmap import ID_MAPS_DIR, id_map_path
+from features.io import atomic_output_dir, write_json
+from features.matching_data import (
+    Interactions,
+    creator_frame,
+    load_interactions,
+    product_frame,
+)
+from features.settings import MatchingConfig, Settings
+from models.artifacts import (
+    CREATOR_IDS,
+    HISTORY,
+    METRICS,
+    PRODUCT_IDS,
+    PRODUCT_INFO,
+    RUN_DIR_TAG,
+    RUN_META,
+    read_tiers,
+)
+from models.matching.baselines import (
+    ALSRecommender,
+    EASERecommender,
+    ItemKNNRecommender,
+    PopularityRecommender,
+)
+from models.matching.recommender import Recommender
+from training.evaluation.evaluate import EvalResult, make_task
+from training.evaluation.evaluate import evaluate as run_eval
+from training.evaluation.oracle_model import OracleRecommender
+from training.evaluation.splits import Split, SplitError, cold_products, random_split, time_split
+from training.lifecycle import tracking
+from training.matching.two_tower_fit import TwoTowerTrainer
+
+log = logging.getLogger(__name__)
+
+MODEL = "two_tower"
+REGISTERED_NAME = "haowu-matching"
+PROTOCOL_PREFIX = {"random": "", "time": "time_", "cold": "cold_"}
+
+
+def make_baselines(cfg: MatchingConfig, n_products: int) -> dict[str, Recommender]:
+    """The configured baselines; EASE becomes ItemKNN above `ease_max_products`."""
+    out: dict[str, Recommender] = {}
+    for name in cfg.baselines:
+        if name == "pop":
+            out["pop"] = PopularityRecommender()
+        elif name == "als":
+            out["als"] = ALSRecommender(
+                cfg.als_factors,
+                cfg.als_regularization,
+                cfg.als_alpha,
+                cfg.als_iterations,
+                cfg.threads,
+                cfg.seed,
+            )
+        elif name == "ease" and n_products <= cfg.ease_max_products:
+            out["ease"] = EASERecommender(cfg.ease_lambda, cfg.ease_max_products)
+        elif name in ("ease", "itemknn"):
+            out["itemknn"] = ItemKNNRecommender(cfg.itemknn_neighbors, cfg.threads)
+    return out
+
+
+def metric_names(protocol: str, model: str, metrics: dict[str, float]) -> dict[str, float]:
+    """`recall@50` of model `als` under protocol `time` -> `time_als_recall@50`."""
+    prefix = PROTOCOL_PREFIX[protocol] + ("" if model == MODEL else f"{model}_")
+    return {f"{prefix}{k}": v for k, v in metrics.items()}
+
+
+class MatchingJob:
+    """State shared by the protocols of one run (data, side features, categories)."""
+
+    def __init__(self, cfg: Settings, data_dir: Path, tiers: Path | None, progress: bool) -> None:
+        self.cfg, self.mcfg = cfg, cfg.matching
+        self.data_dir, self.progress = Path(data_dir), progress
+        self.inter: Interactions = load_interactions(self.data_dir)
+        self.tiers = read_tiers(tiers)
+        self.creator_frame = creator_frame(self.data_dir, self.inter.creators)
+        self.product_frame = product_frame(self.data_dir, self.inter.products, self.tiers)
+        leaf = self.product_frame.get("category_l3")
+        self.categories = (
+            pd.to_numeric(leaf, errors="coerce").fillna(-1).to_numpy(np.int64)
+            if leaf is not None
+            else None
+        )
+        self.oracle = (
+            OracleRecommender(self.data_dir, self.inter.creators, self.inter.products)
+            if OracleRecommender.available(self.data_dir)
+            else None
+        )
+        self.results: dict[str, dict[str, EvalResult]] = {}
+        self.history: dict[str, list[dict[str, float]]] = {}
+        self.timings: dict[str, float] = {}
+        self.best_epoch = self.mcfg.epochs
+
+    def two_tower(self, cfg: MatchingConfig | None = None) -> TwoTowerTrainer:
+        return TwoTowerTrainer(
+            cfg or self.mcfg, self.creator_frame, self.product_frame, progress=self.progress
+        )
+
+    def run_protocol(self, split: Split) -> TwoTowerTrainer:
+        """Fit every model on the split's training pairs; evaluate on its test (and, for
+        the time split, the cold-start slice)."""
+        cfg, inter = self.mcfg, self.inter
+        train, val = inter.csr(split.train), inter.csr(split.val)
+        seen = split.train | split.val
+        tasks = {
+            split.name: make_task("test", inter, split.test, seen, cfg.eval_creators, cfg.seed)
+        }
+        if split.name == "time":
+            cold = cold_products(inter, split)
+            log.info("cold-start slice: %d products first seen in the test period", len(cold))
+            if len(cold):
+                tasks["cold"] = make_task(
+                    "cold", inter, split.test, seen, cfg.eval_creators, cfg.seed, cold
+                )
+        start = time.perf_counter()
+        model = self.two_tower().fit(train, val)
+        self.timings[f"{split.name}_train_seconds"] = time.perf_counter() - start
+        self.timings[f"{split.name}_epoch_seconds"] = model.seconds_per_epoch
+        self.history[split.name] = model.history
+        models: dict[str, Recommender] = {MODEL: model}
+        for name, baseline in make_baselines(cfg, inter.shape[1]).items():
+            start = time.perf_counter()
+            models[name] = baseline.fit(train, val)
+            self.timings[f"{split.name}_{name}_fit_seconds"] = time.perf_counter() - start
+        if self.oracle is not None:
+            models["oracle"] = self.oracle
+        for protocol, task in tasks.items():
+            for name, m in models.items():
+                result = run_eval(m, task, cfg.eval_k, self.categories, cfg.eval_batch)
+                self.results.setdefault(protocol, {})[name] = result
+                log.info(
+                    "%s %s: %s",
+                    protocol,
+                    name,
+                    {k: round(v, 4) for k, v in result.metrics.items() if k.startswith("recall@")},
+                )
+        return model
+
+    def metrics(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for protocol, by_model in self.results.items():
+            for name, result in by_model.items():
+                out.update(metric_names(protocol, name, result.metrics))
+            oracle = by_model.get("oracle")
+            if oracle is not None and MODEL in by_model:
+                for k in self.mcfg.eval_k:
+                    ref = oracle.metrics.get(f"recall@{k}", 0.0)
+                    model = by_model[MODEL].metrics.get(f"recall@{k}", 0.0)
+                    out[f"{PROTOCOL_PREFIX[protocol]}oracle_ratio@{k}"] = (
+                        model / ref if ref else 0.0
+                    )
+        out.update({k: float(v) for k, v in self.timings.items()})
+        out["best_epoch"] = float(self.best_epoch)
+        out["pairs"] = float(self.inter.n_pairs)
+        return out
+
+
+def _table(job: MatchingJob) -> pd.DataFrame:
+    rows = [
+        {"protocol": protocol, "model": name, "metric": metric, "value": value}
+        for protocol, by_model in job.results.items()
+        for name, result in by_model.items()
+        for metric, value in result.metrics.items()
+    ]
+    return pd.DataFrame(rows, columns=["protocol", "model", "metric", "value"])
+
+
+def _markdown(table: pd.DataFrame, ks: list[int]) -> str:
+    show = [f"recall@{k}" for k in ks] + [
+        f"ndcg@{min(ks)}",
+        f"hit_rate@{min(ks)}",
+        f"coverage@{max(ks)}",
+        f"category_coverage@{max(ks)}",
+    ]
+    parts = []
+    for protocol, group in table.groupby("protocol", sort=False):
+        wide = group.pivot(index="model", columns="metric", values="value")
+        wide = wide[[c for c in show if c in wide.columns]]
+        lines = [
+            f"### protocol {protocol}",
+            "",
+            "| model | " + " | ".join(wide.columns) + " |",
+            "|---" * (len(wide.columns) + 1) + "|",
+        ]
+        for model, row in wide.iterrows():
+            lines.append(f"| {model} | " + " | ".join(f"{v:.4f}" for v in row) + " |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
+def _save_model(job: MatchingJob, model: TwoTowerTrainer, folder: Path) -> None:
+    model.save(folder)
+    np.save(folder / CREATOR_IDS, job.inter.creators.ids)
+    np.save(folder / PRODUCT_IDS, job.inter.products.ids)
+    info = pd.DataFrame({"product_id": job.inter.products.ids})
+    for column in ("category_l1", "tier"):
+        if column in job.product_frame.columns:
+            info[column] = (
+                pd.to_numeric(job.product_frame[column], errors="coerce").astype("Int64").to_numpy()
+            )
+    info.to_parquet(folder / PRODUCT_INFO, index=False)
+    # imported data: keep its ID maps beside the model, so outputs carry the user's IDs
+    for name in ("creator", "product"):
+        source = id_map_path(job.data_dir, name)
+        if source.is_file():
+            (folder / ID_MAPS_DIR).mkdir(exist_ok=True)
+            shutil.copyfile(source, folder / ID_MAPS_DIR / source.name)
+
+
+def run(
+    cfg: Settings,
+    data_dir: Path,
+    out: Path,
+    tiers: Path | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    register: bool = True,
+) -> dict[str, float]:
+    """Train, evaluate and save the matching model; returns the flat metrics."""
+    from training.lifecycle.model_logging import log_matching_model
+    from training.matching.plots import plot_recall_curves
+
+    mcfg = cfg.matching
+    torch.set_num_threads(mcfg.threads)
+    started = time.perf_counter()
+    with atomic_output_dir(Path(out), overwrite) as staging:
+        params = {"matching": mcfg.model_dump(), "tiers": str(tiers) if tiers else "none"}
+        with tracking.job_run(
+            "train-matching", params, data_dir, tags={RUN_DIR_TAG: str(Path(out).resolve())}
+        ) as mlrun:
+            job = MatchingJob(cfg, data_dir, tiers, progress)
+            served: TwoTowerTrainer | None = None
+            for protocol in mcfg.protocols:
+                if protocol == "random":
+                    split = random_split(
+                        job.inter, mcfg.val_fraction, mcfg.test_fraction, mcfg.seed
+                    )
+                else:
+                    try:
+                        split = time_split(job.inter, mcfg.time_test_days, mcfg.time_val_days)
+                    except SplitError as exc:  # e.g. imported data without times
+                        log.warning("protocol (b) time split and (c) cold slice skipped: %s", exc)
+                        continue
+                model = job.run_protocol(split)
+                if protocol == "random" or served is None:
+                    served, job.best_epoch = model, model.best_epoch
+            if served is None or mcfg.refit_all:
+                refit_cfg = mcfg.model_copy(update={"epochs": max(job.best_epoch, 1)})
+                start = time.perf_counter()
+                served = job.two_tower(refit_cfg).fit(job.inter.csr())
+                job.timings["refit_seconds"] = time.perf_counter() - start
+                job.history["refit"] = served.history
+            _save_model(job, served, staging / "model")
+            job.timings["job_seconds"] = time.perf_counter() - started
+            metrics = job.metrics()
+            table = _table(job)
+            table.to_csv(staging / "metrics.csv", index=False)
+            (staging / "metrics.md").write_text(_markdown(table, mcfg.eval_k))
+            write_json(metrics, staging / METRICS)
+            write_json(job.history, staging / HISTORY)
+            (staging / "config.yaml").write_text(
+                yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+            )
+            for protocol, by_model in job.results.items():
+                plot_recall_curves(
+                    {name: r.recall_curve for name, r in by_model.items()},
+                    staging / f"recall_{protocol}.png",
+                    title=f"Recall@k, protocol {protocol}",
+                )
+            tracking.log_metrics(metrics)
+            tracking.log_artifacts(staging, artifact_path="run")
+            version = log_matching_model(staging / "model", REGISTERED_NAME if register else None)
+            write_json(
+                {
+                    "run_id": mlrun.info.run_id,
+                    "registered_model": REGISTERED_NAME if register else None,
+                    "version": version,
+                    "tracking_uri": tracking.tracking_uri(),
+                },
+                staging / RUN_META,
+            )
+    log.info(
+        "train-matching: %s",
+        {k: round(v, 4) for k, v in metrics.items() if k.endswith("recall@50")},
+    )
+    return metrics

@@ -1,0 +1,265 @@
+"""Training the two-tower model behind the recommender interface.
+
+`TwoTowerTrainer.fit(train, val)`: fit the encoders on the training rows, then
+AdamW (MLPs) + row-wise Adagrad (embedding tables) over shuffled training pairs, in-batch
+sampled softmax with logQ correction, early stopping on validation Recall@K, keeping
+the best epoch's weights. After fitting, every creator and product is embedded once
+(`export`), so scoring is a matrix product: the serve-time form is an
+`EmbeddingRecommender`.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+from features.encoders import IdEncoder, SideEncoder, TowerEncoders
+from features.logs import progress_bar
+from features.settings import MatchingConfig
+from models.matching.creator_history import CreatorHistory
+from models.matching.recommender import RecommenderError
+from models.matching.two_tower import TwoTower, in_batch_softmax_loss
+from models.matching.two_tower_served import (
+    TowerInputs,
+    TwoTowerRecommender,
+    build_two_tower,
+    tower_spec,
+)
+from training.matching.optim import RowWiseAdagrad
+
+log = logging.getLogger(__name__)
+
+def optimizers(model: TwoTower, cfg: MatchingConfig) -> tuple[torch.optim.AdamW, RowWiseAdagrad]:
+    """AdamW for the MLPs, row-wise Adagrad for the embedding tables."""
+    dense = torch.optim.AdamW(model.dense_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sparse = RowWiseAdagrad(
+        model.sparse_parameters(), lr=cfg.embedding_lr, weight_decay=cfg.embedding_weight_decay
+    )
+    return dense, sparse
+
+
+def train_step(
+    model: TwoTower,
+    optimisers: tuple[torch.optim.Optimizer, ...],
+    creator_inputs: tuple,
+    product_inputs: tuple,
+    product_keys: torch.Tensor,
+    log_q: torch.Tensor | None,
+    negatives: tuple | None = None,
+    negatives_log_q: torch.Tensor | None = None,
+) -> float:
+    """One optimisation step of the two-tower model; the trainer and `haowu bench train`
+    both run this, so the bench times the step training runs (logQ, extra negatives)."""
+    u = model.creator_tower(*creator_inputs)  # (B, d)
+    v = model.product_tower(*product_inputs)  # (B, d)
+    extra = model.product_tower(*negatives) if negatives is not None else None  # (M, d)
+    loss = in_batch_softmax_loss(
+        u,
+        v,
+        log_q,
+        model.temperature,
+        product_keys=product_keys,
+        extra=extra,
+        extra_log_q=negatives_log_q,
+    )
+    for optimiser in optimisers:
+        optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    for optimiser in optimisers:
+        optimiser.step()
+    return float(loss.item())
+
+
+class TwoTowerTrainer(TwoTowerRecommender):
+    """Fits a `TwoTowerRecommender`; what it saves loads as the served class."""
+
+    # --- fitting -----------------------------------------------------------------------
+
+    def fit(self, train: sp.csr_matrix, val: sp.csr_matrix | None = None) -> TwoTowerRecommender:
+        """Train on `train`; `val` (held-out pairs, same shape) drives early stopping."""
+        threads = torch.get_num_threads()
+        torch.set_num_threads(self.cfg.threads)  # 2 cores: more threads only contend
+        try:
+            return self._fit(train, val)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _fit(self, train: sp.csr_matrix, val: sp.csr_matrix | None) -> TwoTowerRecommender:
+        cfg = self.cfg
+        n_creators, n_products = train.shape
+        creator_frame = (
+            self.creator_frame
+            if self.creator_frame is not None
+            else pd.DataFrame(index=range(n_creators))
+        )
+        product_frame = (
+            self.product_frame
+            if self.product_frame is not None
+            else pd.DataFrame(index=range(n_products))
+        )
+        if len(creator_frame) != n_creators or len(product_frame) != n_products:
+            raise RecommenderError(
+                f"side frames have {len(creator_frame)}/{len(product_frame)} rows for a "
+                f"{n_creators}x{n_products} matrix"
+            )
+        torch.manual_seed(cfg.seed)
+        rng = np.random.default_rng(cfg.seed)
+        coo = train.tocoo()
+        creator, product = coo.row.astype(np.int64), coo.col.astype(np.int64)
+        if len(creator) == 0:
+            raise RecommenderError("no training pairs")
+        if cfg.max_train_pairs and len(creator) > cfg.max_train_pairs:
+            keep = rng.choice(len(creator), cfg.max_train_pairs, replace=False)
+            creator, product = creator[keep], product[keep]
+
+        creator_side = SideEncoder.fit(
+            creator_frame, np.unique(creator), cfg.creator_categorical, cfg.creator_numeric
+        )
+        # an ID-only creator tower with a history reads the history alone: a creator's own
+        # ID row memorises its training goods and overfits (every creator maps to the OOV row)
+        id_free = (
+            cfg.creator_history
+            and cfg.history_replaces_creator_id
+            and not (creator_side.categorical or creator_side.numeric)
+        )
+        self.encoders = TowerEncoders(
+            IdEncoder.fit(n_creators, creator[:0] if id_free else creator, cfg.min_id_count),
+            IdEncoder.fit(n_products, product, cfg.min_id_count),
+            creator_side,
+            SideEncoder.fit(
+                product_frame, np.unique(product), cfg.product_categorical, cfg.product_numeric
+            ),
+        )
+        enc = self.encoders
+        history = (
+            CreatorHistory(train, enc.product_ids.rows, cfg.history_max_items, rng)
+            if cfg.creator_history
+            else None
+        )
+        creators_in = TowerInputs(
+            enc.creator_ids, enc.creator_side.transform(creator_frame), history
+        )
+        products_in = TowerInputs(enc.product_ids, enc.product_side.transform(product_frame))
+        log.info(
+            "two-tower inputs: creator %s + %s, product %s + %s",
+            list(enc.creator_side.categorical),
+            list(enc.creator_side.numeric),
+            list(enc.product_side.categorical),
+            list(enc.product_side.numeric),
+        )
+        self.model = build_two_tower(
+            cfg,
+            creator=tower_spec(
+                enc.creator_ids,
+                enc.creator_side,
+                enc.product_ids.vocab_size if history is not None else 0,
+            ),
+            product=tower_spec(enc.product_ids, enc.product_side),
+        )
+        self.n_products = n_products
+        self._train_loop(creator, product, creators_in, products_in, train, val, rng)
+        self._embed_all(creators_in, products_in)
+        return self
+
+    def _log_q(self, product: np.ndarray, n_products: int) -> torch.Tensor:
+        """log of each product's expected count among one batch's candidates."""
+        cfg = self.cfg
+        share = np.bincount(product, minlength=n_products) / len(product)
+        expected = cfg.batch_size * share + cfg.extra_negatives / n_products
+        return torch.from_numpy(np.log(np.maximum(expected, 1e-12)).astype(np.float32))
+
+    def _train_loop(
+        self,
+        creator: np.ndarray,
+        product: np.ndarray,
+        creators_in: TowerInputs,
+        products_in: TowerInputs,
+        train: sp.csr_matrix,
+        val: sp.csr_matrix | None,
+        rng: np.random.Generator,
+    ) -> None:
+        from training.evaluation.evaluate import EvalTask, evaluate
+
+        cfg, model = self.cfg, self.model
+        assert model is not None
+        dense_opt, sparse_opt = optimizers(model, cfg)
+        log_q = self._log_q(product, len(products_in)) if cfg.logq else None
+        creator_t, product_t = torch.from_numpy(creator), torch.from_numpy(product)
+
+        val_task = None
+        if val is not None and val.nnz and cfg.patience >= 0:
+            rows = np.flatnonzero(np.diff(val.indptr) > 0)
+            if cfg.val_creators and len(rows) > cfg.val_creators:
+                rows = np.sort(rng.choice(rows, cfg.val_creators, replace=False))
+            val_task = EvalTask("val", rows, val, train)
+        best_state, best_recall, stale = None, -1.0, 0
+        n_batches = max(len(creator) // cfg.batch_size, 1)  # drop the ragged last batch
+        self.history, started = [], time.perf_counter()
+        for epoch in range(1, cfg.epochs + 1):
+            model.train()
+            order = torch.from_numpy(rng.permutation(len(creator)))
+            total, t0 = 0.0, time.perf_counter()
+            bar = progress_bar(range(n_batches), self.progress, desc=f"epoch {epoch}", leave=False)
+            for b in bar:
+                idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+                c, p = creator_t[idx], product_t[idx]
+                negatives = neg_log_q = None
+                if cfg.extra_negatives:
+                    neg = torch.randint(0, len(products_in), (cfg.extra_negatives,))
+                    negatives = products_in.take(neg)
+                    neg_log_q = log_q[neg] if log_q is not None else None
+                loss = train_step(
+                    model,
+                    (dense_opt, sparse_opt),
+                    creators_in.take(c, leave_out=p),
+                    products_in.take(p),
+                    p,
+                    log_q[p] if log_q is not None else None,
+                    negatives,
+                    neg_log_q,
+                )
+                total += loss
+                if b % 50 == 0:
+                    bar.set_postfix(loss=f"{total / (b + 1):.3f}")
+            record = {
+                "epoch": epoch,
+                "loss": total / n_batches,
+                "seconds": time.perf_counter() - t0,
+            }
+            if val_task is not None:
+                self._embed_all(creators_in, products_in, creators=val_task.creators)
+                result = evaluate(self.export(), val_task, [cfg.early_stop_k], batch=cfg.eval_batch)
+                record["val_recall"] = result.metrics[f"recall@{cfg.early_stop_k}"]
+            self.history.append(record)
+            log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in record.items()})
+            self._checkpoint(epoch, record)
+            if val_task is None:
+                self.best_epoch = epoch
+                continue
+            if record["val_recall"] > best_recall:
+                best_recall, stale, self.best_epoch = record["val_recall"], 0, epoch
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                stale += 1
+                if stale > cfg.patience:
+                    log.info("early stop: no better val recall for %d epoch(s)", stale)
+                    break
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        self.seconds_per_epoch = (time.perf_counter() - started) / max(len(self.history), 1)
+
+    def _checkpoint(self, epoch: int, record: dict[str, float]) -> None:
+        if self.checkpoint_dir is None or self.model is None:
+            return
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        torch.save(
+            {"epoch": epoch, "record": record, "model": self.model.state_dict()},
+            self.checkpoint_dir / "last.pt",
+        )
+
