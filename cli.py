@@ -37,6 +37,7 @@ bench_app = typer.Typer(
 app.add_typer(bench_app, name="bench")
 
 F = TypeVar("F", bound=Callable[..., Any])
+PROMOTION_REFUSED = 3  # `haowu promote`: the gate said no (1 is an error, 0 promoted)
 
 PresetOpt = Annotated[str, typer.Option(help=f"scale preset: {' | '.join(PRESETS)}")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML file of setting overrides")]
@@ -521,9 +522,9 @@ def promote(
     cfg = settings(preset, config, set_)
     try:
         result = run_promote(model, _run_id(run), cfg.registry, force=force, reason=reason)
-    except PromotionRefused as exc:
+    except PromotionRefused as exc:  # a verdict, not a crash: its own exit code
         typer.secho(str(exc), fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from None
+        raise typer.Exit(PROMOTION_REFUSED) from None
     if result.rows:
         typer.echo(result.table)
     was = f"(was v{result.previous})" if result.previous else "(first champion)"

@@ -99,6 +99,24 @@ def test_nested_runs_tags_and_first_champions(tiny_pipeline) -> None:
     assert {p["status"] for p in promoted.values()} == {"champion"}
 
 
+def test_matching_run_as_mlflow_users_expect(tiny_pipeline) -> None:
+    """Learning curves by step, the data as an input dataset, the model stored once, a
+    `challenger` alias on the candidate and the haowu version tag."""
+    client = _client(tiny_pipeline.tracking_uri)
+    run_id = json.loads((tiny_pipeline.root / "matching" / "run.json").read_text())["run_id"]
+    run = client.get_run(run_id)
+    curve = client.get_metric_history(run_id, "random.loss")
+    assert [m.step for m in curve] == list(range(1, len(curve) + 1)) and curve
+    assert client.get_metric_history(run_id, "random.val_recall")
+    inputs = run.inputs.dataset_inputs
+    assert [i.dataset.digest for i in inputs] == [run.data.tags["haowu.data_fingerprint"]]
+    logged = {a.path for a in client.list_artifacts(run_id, "run")}
+    assert "run/metrics.json" in logged and "run/model" not in logged  # once: with the pyfunc
+    challenger = client.get_model_version_by_alias("haowu-matching", "challenger")
+    assert challenger.run_id == run_id
+    assert run.data.tags["haowu.version"]
+
+
 def test_rerun_skips_finished_steps_and_resumes(tiny_pipeline, monkeypatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tiny_pipeline.tracking_uri)
     steps = tiny_pipeline.root / ".steps"

@@ -94,7 +94,7 @@ def test_cli_refusal_prints_the_side_by_side_table(runs: dict[str, str]) -> None
         f"registry.gates={{{NAME}: {{'recall@50': higher}}}}",
     ]
     result = CliRunner().invoke(app, args)
-    assert result.exit_code == 1
+    assert result.exit_code == 3  # a refusal is a verdict, not an error (1)
     assert "promotion refused" in result.output
     assert re.search(r"recall@50\s+0\.3500\s+0\.2000\s+-0\.1500\s+WORSE", result.output)
 

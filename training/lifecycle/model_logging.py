@@ -19,6 +19,17 @@ from models.tier.model import FEATURES, TierModel
 
 log = logging.getLogger(__name__)
 
+CHALLENGER = "challenger"  # every new candidate; the promotion gate moves `champion`
+
+
+def mark_challenger(registered_name: str | None, version: Any) -> None:
+    """Point the `challenger` alias at a freshly registered version."""
+    if registered_name is None or version is None:
+        return
+    from mlflow import MlflowClient
+
+    MlflowClient().set_registered_model_alias(registered_name, CHALLENGER, str(version))
+
 
 def log_tier_model(
     model: TierModel, model_dir: Path, example: pd.DataFrame, registered_name: str | None
@@ -41,7 +52,7 @@ def log_tier_model(
         for c in signature.inputs.inputs
     ]
     signature.inputs = Schema(inputs)
-    return import_mlflow().pyfunc.log_model(
+    info = import_mlflow().pyfunc.log_model(
         name="model",
         python_model=tier_pyfunc.__file__,
         artifacts={tier_pyfunc.ARTIFACT: str(model_dir)},
@@ -50,6 +61,8 @@ def log_tier_model(
         registered_model_name=registered_name,
         metadata={"cuts": model.cuts.tolist(), "base": model.base, "ordinal": model.params.ordinal},
     )
+    mark_challenger(registered_name, getattr(info, "registered_model_version", None))
+    return info
 
 
 def log_matching_model(model_dir: Path, registered_name: str | None) -> str | None:
@@ -77,5 +90,6 @@ def log_matching_model(model_dir: Path, registered_name: str | None) -> str | No
         pip_requirements=["haowu"],
     )
     version = getattr(info, "registered_model_version", None)
+    mark_challenger(registered_name, version)
     log.info("logged pyfunc %s (registered %s v%s)", info.model_uri, registered_name, version)
     return str(version) if version is not None else None

@@ -20,6 +20,7 @@ Run folder (the artifact contract, also what `haowu recommend --model` reads):
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 import time
@@ -43,6 +44,7 @@ from models.artifacts import (
     CREATOR_IDS,
     HISTORY,
     METRICS,
+    MODEL_DIR,
     PRODUCT_IDS,
     PRODUCT_INFO,
     RUN_DIR_TAG,
@@ -124,10 +126,14 @@ class MatchingJob:
         self.timings: dict[str, float] = {}
         self.best_epoch = self.mcfg.epochs
 
-    def two_tower(self, cfg: MatchingConfig | None = None) -> TwoTowerTrainer:
-        return TwoTowerTrainer(
+    def two_tower(self, cfg: MatchingConfig | None = None, curve: str = "") -> TwoTowerTrainer:
+        """A trainer whose epochs are logged as MLflow metrics `CURVE.loss`, ... by step."""
+        trainer = TwoTowerTrainer(
             cfg or self.mcfg, self.creator_frame, self.product_frame, progress=self.progress
         )
+        if curve:
+            trainer.on_epoch = functools.partial(_log_epoch, curve)
+        return trainer
 
     def run_protocol(self, split: Split) -> TwoTowerTrainer:
         """Fit every model on the split's training pairs; evaluate on its test (and, for
@@ -146,7 +152,7 @@ class MatchingJob:
                     "cold", inter, split.test, seen, cfg.eval_creators, cfg.seed, cold
                 )
         start = time.perf_counter()
-        model = self.two_tower().fit(train, val)
+        model = self.two_tower(curve=split.name).fit(train, val)
         self.timings[f"{split.name}_train_seconds"] = time.perf_counter() - start
         self.timings[f"{split.name}_epoch_seconds"] = model.seconds_per_epoch
         self.history[split.name] = model.history
@@ -186,6 +192,12 @@ class MatchingJob:
         out["best_epoch"] = float(self.best_epoch)
         out["pairs"] = float(self.inter.n_pairs)
         return out
+
+
+def _log_epoch(curve: str, record: dict[str, float]) -> None:
+    """One epoch of a learning curve as MLflow metrics (`random.loss`, step = epoch)."""
+    step = int(record["epoch"])
+    tracking.log_metrics({f"{curve}.{k}": v for k, v in record.items() if k != "epoch"}, step)
 
 
 def _table(job: MatchingJob) -> pd.DataFrame:
@@ -280,7 +292,7 @@ def run(
             if served is None or mcfg.refit_all:
                 refit_cfg = mcfg.model_copy(update={"epochs": max(job.best_epoch, 1)})
                 start = time.perf_counter()
-                served = job.two_tower(refit_cfg).fit(job.inter.csr())
+                served = job.two_tower(refit_cfg, curve="refit").fit(job.inter.csr())
                 job.timings["refit_seconds"] = time.perf_counter() - start
                 job.history["refit"] = served.history
             _save_model(job, served, staging / "model")
@@ -301,7 +313,11 @@ def run(
                     title=f"Recall@k, protocol {protocol}",
                 )
             tracking.log_metrics(metrics)
-            tracking.log_artifacts(staging, artifact_path="run")
+            for item in staging.iterdir():  # the model folder is logged once, with the pyfunc
+                if item.is_dir() and item.name != MODEL_DIR:
+                    tracking.log_artifacts(item, artifact_path=f"run/{item.name}")
+                elif item.is_file():
+                    tracking.log_artifact(item, artifact_path="run")
             version = log_matching_model(staging / "model", REGISTERED_NAME if register else None)
             write_json(
                 {

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -78,6 +79,8 @@ def train_step(
 
 class TwoTowerTrainer(TwoTowerRecommender):
     """Fits a `TwoTowerRecommender`; what it saves loads as the served class."""
+
+    on_epoch: Callable[[dict[str, float]], None] | None = None  # called after each epoch
 
     # --- fitting -----------------------------------------------------------------------
 
@@ -237,6 +240,8 @@ class TwoTowerTrainer(TwoTowerRecommender):
                 result = evaluate(self.export(), val_task, [cfg.early_stop_k], batch=cfg.eval_batch)
                 record["val_recall"] = result.metrics[f"recall@{cfg.early_stop_k}"]
             self.history.append(record)
+            if self.on_epoch is not None:  # e.g. MLflow metrics with step = epoch
+                self.on_epoch(record)
             log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in record.items()})
             self._checkpoint(epoch, record)
             if val_task is None:
