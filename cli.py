@@ -212,7 +212,7 @@ def pipeline(
 
     from features.synthetic import generate as run_generate
     from features.validate import validate_dir
-    from models.artifacts import PipelineLayout
+    from models.artifacts import MATCHING_MODEL, TIER_MODEL, PipelineLayout
     from serving.batch.job import ListsRequest
     from serving.batch.job import run as run_recommend
     from serving.brokers.job import run as run_brokers
@@ -230,11 +230,15 @@ def pipeline(
     def promote_both() -> dict[str, Any]:
         return {
             name: promote_run_dir(name, folder, cfg.registry)
-            for name, folder in (("haowu-tier", d.tier), ("haowu-matching", d.matching))
+            for name, folder in ((TIER_MODEL, d.tier), (MATCHING_MODEL, d.matching))
         }
 
+    # after the gate, the lists and the broker matches come from the registry's champions
+    alias = cfg.registry.champion_alias
+    champion, champion_tiers = f"models:/{MATCHING_MODEL}@{alias}", f"models:/{TIER_MODEL}@{alias}"
+
     def recommend(direction: str, target: Path) -> Callable[[], dict[str, Any]]:
-        request = ListsRequest(d.data, str(d.matching), str(d.tier), direction=direction)
+        request = ListsRequest(d.data, champion, champion_tiers, direction=direction)
         return lambda: run_recommend(cfg, request, target, overwrite=True, progress=False)
 
     steps = [
@@ -260,7 +264,9 @@ def pipeline(
         Step("recommend-product", recommend("product", d.product_lists), data_dir=d.data),
         Step(
             "match-brokers",
-            lambda: run_brokers(cfg, d.data, d.matching, d.brokers, tiers=d.tier, overwrite=True),
+            lambda: run_brokers(
+                cfg, d.data, champion, d.brokers, tiers=champion_tiers, overwrite=True
+            ),
             data_dir=d.data,
         ),
         Step("report", lambda: {"bytes": build_report(out).stat().st_size}),

@@ -17,6 +17,7 @@ def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> str:
     root = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     os.environ["MLFLOW_TRACKING_URI"] = uri
+    os.environ["HAOWU_CACHE"] = str(root / "cache")  # registry downloads, not ~/.cache
     return uri
 
 

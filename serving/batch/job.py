@@ -205,6 +205,8 @@ def run(
     manifest = {
         "job": "recommend",
         "model": str(retrieval.folder.resolve()),
+        "model_uri": request.model,  # as asked: a folder or models:/NAME@ALIAS
+        "model_version": retrieval.info.label if retrieval.info else None,
         "data": str(request.data.resolve()),
         "tiers": _absolute(request.tiers),
         "direction": direction,

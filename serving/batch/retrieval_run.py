@@ -35,7 +35,7 @@ from features.io import has_table, iter_table, read_table, table_columns
 from features.matching_data import IdIndex, creator_frame, product_frame
 from features.product_facts import product_facts
 from features.settings import IndexConfig, PolicyConfig
-from models.artifacts import INDEX_DIR, open_matching_run, read_tiers
+from models.artifacts import INDEX_DIR, ModelInfo, open_matching_run, read_tiers
 from models.retrieval.catalog import ProductCatalog, RequestFilters
 from models.retrieval.directions import GoodsRetriever, creators_for_products
 from models.retrieval.index import EmbeddingIndex, RetrievalError, UnknownIdError
@@ -178,6 +178,7 @@ class RetrievalRun:
     index_cfg: IndexConfig
     policy_cfg: PolicyConfig
     exact: bool
+    info: ModelInfo | None = None  # which model: its URI, registered name and version
     _indexes: dict[str, EmbeddingIndex] = field(default_factory=dict, repr=False)
     _by_product: sp.csr_matrix | None = field(default=None, repr=False)
 
@@ -240,6 +241,7 @@ class RetrievalRun:
             index_cfg=index_cfg,
             policy_cfg=policy_cfg,
             exact=exact,
+            info=art.info,
         )
         log.info(
             "retrieval over %s: %d creators (%d new), %d goods (%d new, %d delisted) in %.1fs",

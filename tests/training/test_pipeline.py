@@ -117,6 +117,16 @@ def test_matching_run_as_mlflow_users_expect(tiny_pipeline) -> None:
     assert run.data.tags["haowu.version"]
 
 
+def test_lists_come_from_the_champion(tiny_pipeline) -> None:
+    """After the gate, recommend reads models:/haowu-matching@champion, not the folder."""
+    for direction in ("creator", "product"):
+        path = tiny_pipeline.root / "lists" / direction / "_SUCCESS"
+        manifest = json.loads(path.read_text())
+        assert manifest["model_uri"] == "models:/haowu-matching@champion"
+        assert manifest["model_version"] == "haowu-matching v1"
+        assert manifest["tiers"] == "models:/haowu-tier@champion"
+
+
 def test_rerun_skips_finished_steps_and_resumes(tiny_pipeline, monkeypatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tiny_pipeline.tracking_uri)
     steps = tiny_pipeline.root / ".steps"
