@@ -120,3 +120,33 @@ def test_openers_refuse_what_they_cannot_open(tmp_path: Path, tiny_pipeline, mon
         job_inputs(None)
     with pytest.raises(ArtifactError, match="not a folder"):
         job_inputs(tmp_path / "missing")
+
+
+def test_registered_models_carry_their_code_and_requirements(tiny_pipeline, tmp_path) -> None:
+    """`mlflow models predict` from the registry (the local environment), and the model's
+    own environment files name haowu's code and pinned requirements."""
+    mlflow_cli = Path(sys.executable).parent / "mlflow"
+    creators = open_matching_run(tiny_pipeline.root / "matching").creators.ids[:2].tolist()
+    (tmp_path / "input.json").write_text(json.dumps({"dataframe_records": [
+        {"creator_id": c} for c in creators]}))  # fmt: skip
+    out = subprocess.run(
+        [mlflow_cli, "models", "predict", "-m", "models:/haowu-matching@champion",
+         "-i", str(tmp_path / "input.json"), "-t", "json", "--env-manager", "local"],
+        env=_env(tiny_pipeline.tracking_uri), capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert '"product_id"' in out.stdout and '"rank"' in out.stdout
+    import mlflow
+
+    os.environ["MLFLOW_TRACKING_URI"], saved = tiny_pipeline.tracking_uri, os.environ[
+        "MLFLOW_TRACKING_URI"
+    ]
+    try:
+        for name, needs in (("haowu-matching", "torch=="), ("haowu-tier", "lightgbm==")):
+            local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}@champion"))
+            requirements = (local / "requirements.txt").read_text()
+            assert needs in requirements and "haowu" not in requirements
+            assert {"features", "models"} <= {p.name for p in (local / "code").iterdir()}
+    finally:
+        os.environ["MLFLOW_TRACKING_URI"] = saved

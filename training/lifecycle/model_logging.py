@@ -19,7 +19,20 @@ from models.tier.model import FEATURES, TierModel
 
 log = logging.getLogger(__name__)
 
+# A registered model carries haowu's own code (no index serves haowu) and names the
+# distributions that code imports, pinned to the versions it was trained with.
+CODE_PATHS = [str(Path(__file__).resolve().parents[2] / pkg) for pkg in ("features", "models")]
+COMMON_NEEDS = ("mlflow", "numpy", "pandas", "pyarrow", "pydantic", "pyyaml", "scipy")
+MATCHING_NEEDS = (*COMMON_NEEDS, "torch", "faiss-cpu", "implicit")
+TIER_NEEDS = (*COMMON_NEEDS, "lightgbm")
 CHALLENGER = "challenger"  # every new candidate; the promotion gate moves `champion`
+
+
+def requirements(names: tuple[str, ...]) -> list[str]:
+    """`name==version` of each installed distribution the model's code imports."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in names]
 
 
 def mark_challenger(registered_name: str | None, version: Any) -> None:
@@ -59,6 +72,8 @@ def log_tier_model(
         signature=signature,
         input_example=x,
         registered_model_name=registered_name,
+        code_paths=CODE_PATHS,
+        pip_requirements=requirements(TIER_NEEDS),
         metadata={"cuts": model.cuts.tolist(), "base": model.base, "ordinal": model.params.ordinal},
     )
     mark_challenger(registered_name, getattr(info, "registered_model_version", None))
@@ -87,7 +102,8 @@ def log_matching_model(model_dir: Path, registered_name: str | None) -> str | No
         signature=signature,
         input_example=example,
         registered_model_name=registered_name,
-        pip_requirements=["haowu"],
+        code_paths=CODE_PATHS,
+        pip_requirements=requirements(MATCHING_NEEDS),
     )
     version = getattr(info, "registered_model_version", None)
     mark_challenger(registered_name, version)
