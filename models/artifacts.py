@@ -52,6 +52,7 @@ CREATOR_IDS = "creator_ids.npy"
 PRODUCT_IDS = "product_ids.npy"
 PRODUCT_INFO = "products.parquet"
 INDEX_DIR = "index"
+SERVING_DEFAULTS = "serving.json"  # model/: the data, tiers, index and policy it was made for
 TIERS = "tiers.parquet"
 SUCCESS = "_SUCCESS"
 SUMMARY = "summary.json"

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -44,6 +45,7 @@ def _env(uri: str) -> dict[str, str]:
 FRESH = """
 import json, sys
 import mlflow
+import numpy as np
 import pandas as pd
 matching = mlflow.pyfunc.load_model("models:/haowu-matching@champion")
 tier = mlflow.pyfunc.load_model("models:/haowu-tier@champion")
@@ -150,3 +152,30 @@ def test_registered_models_carry_their_code_and_requirements(tiny_pipeline, tmp_
             assert {"features", "models"} <= {p.name for p in (local / "code").iterdir()}
     finally:
         os.environ["MLFLOW_TRACKING_URI"] = saved
+
+
+def test_registered_model_answers_the_batch_jobs_lists(tiny_pipeline, monkeypatch) -> None:
+    """Under the policy (the default) the pyfunc's lists are the batch job's, row for
+    row; `policy=false` is the raw top-k, which includes goods the policy keeps out."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tiny_pipeline.tracking_uri)
+    lists = pd.read_parquet(tiny_pipeline.root / "lists" / "creator")
+    creators = lists["creator_id"].drop_duplicates().sample(20, random_state=0).to_numpy()
+    model = mlflow.pyfunc.load_model("models:/haowu-matching@champion")
+    got = model.predict(pd.DataFrame({"creator_id": creators}), params={"k": 50})
+    want = lists[lists["creator_id"].isin(creators)]
+    key = ["creator_id", "rank"]
+    got, want = got.sort_values(key, ignore_index=True), want.sort_values(key, ignore_index=True)
+    pd.testing.assert_frame_equal(
+        got[["creator_id", "rank", "product_id", "tier", "reason"]],
+        want[["creator_id", "rank", "product_id", "tier", "reason"]],
+        check_dtype=False,
+    )
+    np.testing.assert_allclose(got["score"], want["score"], rtol=1e-5)
+    raw = model.predict(pd.DataFrame({"creator_id": creators}), params={"k": 50, "policy": False})
+    assert len(raw) == len(got) and not raw[["creator_id", "product_id"]].equals(
+        got[["creator_id", "product_id"]]
+    )
+    with pytest.raises(Exception, match="needs the data folder"):
+        model.predict(pd.DataFrame({"creator_id": creators}), params={"data": "/nonexistent"})

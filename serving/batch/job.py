@@ -1,7 +1,7 @@
 """`haowu recommend`: the batch job writing top-k lists for every creator (or product).
 
 `make_shard_fn(...)` returns the shard function (query positions -> rows) over a
-`RetrievalRun` (serving/batch/retrieval_run.py): FAISS search (exact with `exact=True`) and, for
+`RetrievalRun` (models/retrieval/run.py): FAISS search (exact with `exact=True`) and, for
 goods, the platform's policy (L0 and flagged merchants out, goods already promoted out,
 Selected Goods boost and share, category diversity). `run` hands it to
 `serving.batch.shards.write_shards`, which writes `OUT/part-NNNNN.parquet` and `OUT/_SUCCESS`
@@ -33,6 +33,7 @@ import pandas as pd
 from features.errors import HaowuError
 from features.settings import Settings
 from models.artifacts import is_registry_uri
+from models.retrieval.list_rows import creator_rows, goods_rows
 from serving.batch.shards import write_shards
 
 log = logging.getLogger(__name__)
@@ -41,25 +42,6 @@ DIRECTIONS = ("creator", "product")
 
 
 # ----------------------------------------------------------------- shard function
-def _why_goods(lists_frame: pd.DataFrame, new_product: np.ndarray) -> np.ndarray:
-    slot = np.where(
-        lists_frame["selected_slot"],
-        "Selected Goods share slot",
-        np.where(lists_frame["diversity_slot"], "category diversity slot", "score rank"),
-    ).astype(object)
-    boosted = lists_frame["selected_goods"].to_numpy() & ~lists_frame["selected_slot"].to_numpy()
-    slot[boosted] += "; Selected Goods boost"
-    slot[new_product] += "; new product, embedded from its features"
-    return slot
-
-
-def _why_creators(new_product: np.ndarray, new_creator: np.ndarray) -> np.ndarray:
-    why = np.full(len(new_product), "score rank", dtype=object)
-    why[new_product] += "; new product, embedded from its features"
-    why[new_creator] += "; new creator, embedded from its features"
-    return why
-
-
 @dataclass(frozen=True)
 class ListsRequest:
     """What one batch job writes: lists of `k` for every creator (or product) of `data`,
@@ -106,7 +88,7 @@ class ShardFn:
 
     @property
     def run(self) -> Any:
-        from serving.batch.retrieval_run import RetrievalRun
+        from models.retrieval.run import RetrievalRun
 
         if self.key not in _RUNS:
             _RUNS.clear()  # one job at a time per process
@@ -129,37 +111,11 @@ class ShardFn:
 
     def _goods(self, queries: np.ndarray) -> pd.DataFrame:
         run = self.run
-        positions = run.creators.queries[queries]
-        lists = run.goods_for_creators(positions, self.k)
-        frame = lists.to_frame(run.creators.ids.ids[positions], "creator_id")
-        product_pos = run.products.ids.positions(frame["product_id"].to_numpy())
-        frame["reason"] = _why_goods(frame, run.products.new[product_pos])
-        for column, dtype in (("tier", "Int8"), ("category_l1", "Int32")):  # -1: unknown
-            frame[column] = frame[column].astype(dtype).mask(frame[column] < 0)
-        frame["creator_id"] = run.external("creator", frame["creator_id"].to_numpy())
-        frame["product_id"] = run.external("product", frame["product_id"].to_numpy())
-        return frame
+        return goods_rows(run, run.creators.queries[queries], self.k)
 
     def _creators(self, queries: np.ndarray) -> pd.DataFrame:
         run = self.run
-        positions = run.products.queries[queries]
-        creator_ids, scores = run.creators_for_products(positions, self.k)
-        n, k = creator_ids.shape
-        keep = (creator_ids >= 0).ravel()
-        product_pos = np.repeat(positions, k)[keep]
-        creators = creator_ids.ravel()[keep]
-        creator_pos = run.creators.ids.positions(creators)
-        return pd.DataFrame(
-            {
-                "product_id": run.external("product", run.products.ids.ids[product_pos]),
-                "rank": np.tile(np.arange(1, k + 1), n)[keep],
-                "creator_id": run.external("creator", creators),
-                "score": scores.ravel()[keep].astype(np.float32),
-                "reason": _why_creators(
-                    run.products.new[product_pos], run.creators.new[creator_pos]
-                ),
-            }
-        )
+        return creator_rows(run, run.products.queries[queries], self.k)
 
     def __getstate__(self) -> dict[str, Any]:
         return dict(self.__dict__)  # the loaded run lives in _RUNS, never in the pickle

@@ -26,7 +26,7 @@ from models.retrieval.catalog import RequestFilters
 from models.retrieval.directions import creators_for_products
 from models.retrieval.index import RetrievalError
 from models.retrieval.policy import RankedLists
-from serving.batch.retrieval_run import Side
+from models.retrieval.run import Side
 from serving.online.batch_lists import ListRows
 from serving.online.broker_matches import BrokerMatches, UnknownBrokerError
 from serving.online.bundle import Bundle

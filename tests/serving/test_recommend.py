@@ -21,8 +21,8 @@ from cli import app
 from features.io import read_table, write_table
 from features.settings import load_settings
 from models.retrieval.index import RetrievalError, UnknownIdError
+from models.retrieval.run import RetrievalRun
 from serving.batch.job import _RUNS, ListsRequest, make_shard_fn
-from serving.batch.retrieval_run import RetrievalRun
 
 CHEAP = [
     "matching.epochs=2",

@@ -93,8 +93,9 @@ def log_matching_model(model_dir: Path, registered_name: str | None) -> str | No
     if example_model.external_creators is not None:
         ids = example_model.external_creators.to_external(ids)
     example = pd.DataFrame({"creator_id": ids})
-    output = example_model.predict(None, example, {"k": 3})
-    signature = infer_signature(example, output, params={"k": 10})
+    # the raw output's columns (the policy's needs the data loaded; it adds columns)
+    output = example_model.predict(None, example, {"k": 3, "policy": False})
+    signature = infer_signature(example, output, params=matching_pyfunc.PARAMS)
     info = mlflow.pyfunc.log_model(
         name="model",
         python_model=matching_pyfunc.__file__,

@@ -49,6 +49,8 @@ from models.artifacts import (
     PRODUCT_INFO,
     RUN_DIR_TAG,
     RUN_META,
+    SERVING_DEFAULTS,
+    open_tier_run,
     read_tiers,
 )
 from models.matching.baselines import (
@@ -108,6 +110,7 @@ class MatchingJob:
         self.data_dir, self.progress = Path(data_dir), progress
         self.inter: Interactions = load_interactions(self.data_dir)
         self.tiers = read_tiers(tiers)
+        self.tiers_ref = str(open_tier_run(tiers).root.resolve()) if tiers is not None else None
         self.creator_frame = creator_frame(self.data_dir, self.inter.creators)
         self.product_frame = product_frame(self.data_dir, self.inter.products, self.tiers)
         leaf = self.product_frame.get("category_l3")
@@ -250,6 +253,14 @@ def _save_model(job: MatchingJob, model: TwoTowerTrainer, folder: Path) -> None:
         if source.is_file():
             (folder / ID_MAPS_DIR).mkdir(exist_ok=True)
             shutil.copyfile(source, folder / ID_MAPS_DIR / source.name)
+    # what the registered model's policy reads by default: this run's data, tiers, settings
+    defaults = {
+        "data": str(Path(job.data_dir).resolve()),
+        "tiers": job.tiers_ref,
+        "index": job.cfg.index.model_dump(mode="json"),
+        "policy": job.cfg.policy.model_dump(mode="json"),
+    }
+    write_json(defaults, folder / SERVING_DEFAULTS)
 
 
 def run(

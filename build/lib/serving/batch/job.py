@@ -1,7 +1,7 @@
 """`haowu recommend`: the batch job writing top-k lists for every creator (or product).
 
 `make_shard_fn(...)` returns the shard function (query positions -> rows) over a
-`RetrievalRun` (serving/batch/retrieval_run.py): FAISS search (exact with `exact=True`) and, for
+`RetrievalRun` (models/retrieval/run.py): FAISS search (exact with `exact=True`) and, for
 goods, the platform's policy (L0 and flagged merchants out, goods already promoted out,
 Selected Goods boost and share, category diversity). `run` hands it to
 `serving.batch.shards.write_shards`, which writes `OUT/part-NNNNN.parquet` and `OUT/_SUCCESS`
@@ -106,7 +106,7 @@ class ShardFn:
 
     @property
     def run(self) -> Any:
-        from serving.batch.retrieval_run import RetrievalRun
+        from models.retrieval.run import RetrievalRun
 
         if self.key not in _RUNS:
             _RUNS.clear()  # one job at a time per process

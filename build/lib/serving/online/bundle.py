@@ -2,7 +2,7 @@
 
 A `Bundle` is built in full before the service sees it (serving/online/state.py swaps the
 reference), so a request always reads one consistent model. Retrieval is the batch
-job's own `RetrievalRun` (serving/batch/retrieval_run.py) over the same data, model and config:
+job's own `RetrievalRun` (models/retrieval/run.py) over the same data, model and config:
 the same sides (new creators and goods embedded from their features, delisted goods
 out), the same catalog and policy, and the same saved indexes (`MODEL/index/*`, built
 and tuned on first use), so a live answer is the batch job's answer. Around it: the
@@ -44,7 +44,7 @@ from models.retrieval.catalog import IdLookup, ProductCatalog
 from models.retrieval.directions import GoodsRetriever
 from models.retrieval.index import EmbeddingIndex
 from models.retrieval.index_kinds import set_threads
-from serving.batch.retrieval_run import RetrievalRun, Side
+from models.retrieval.run import RetrievalRun, Side
 from serving.online.batch_lists import ListStore
 from serving.online.broker_matches import BrokerMatchStore
 from serving.online.sources import ServeSources

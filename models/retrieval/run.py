@@ -41,7 +41,7 @@ from models.retrieval.directions import GoodsRetriever, creators_for_products
 from models.retrieval.index import EmbeddingIndex, RetrievalError, UnknownIdError
 from models.retrieval.index_kinds import set_threads
 from models.retrieval.policy import RankedLists
-from serving.batch.saved_index import model_index
+from models.retrieval.saved_index import model_index
 
 log = logging.getLogger(__name__)
 
