@@ -80,12 +80,20 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
+# what a reader most needs to know changed comes first in the refusal
+_FIRST = ("model_digest", "data_digest", "tiers_digest", "k", "direction", "policy")
+
+
 def _differences(held: dict[str, Any], wanted: dict[str, Any]) -> str:
-    keys = sorted(set(held) | set(wanted), key=str)
+    keys = sorted(set(held) | set(wanted), key=lambda k: (_rank(k), str(k)))
     diffs = [
         f"{k}: {held.get(k)!r} vs {wanted.get(k)!r}" for k in keys if held.get(k) != wanted.get(k)
     ]
     return "; ".join(diffs[:4]) or "unknown"
+
+
+def _rank(key: Any) -> int:
+    return _FIRST.index(key) if key in _FIRST else len(_FIRST)
 
 
 def prepare_output(out: Path, identity: dict[str, Any], force: bool) -> set[int]:

@@ -47,6 +47,7 @@ from models.artifacts import (
     PRODUCT_INFO,
     RUN_DIR_TAG,
     RUN_META,
+    model_digest,
     read_tiers,
 )
 from models.matching.baselines import (
@@ -284,6 +285,7 @@ def run(
                 job.timings["refit_seconds"] = time.perf_counter() - start
                 job.history["refit"] = served.history
             _save_model(job, served, staging / "model")
+            model_digest(staging / "model")  # kept beside the model: readers reuse it
             job.timings["job_seconds"] = time.perf_counter() - started
             metrics = job.metrics()
             table = _table(job)
