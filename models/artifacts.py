@@ -12,7 +12,7 @@ opens them through the openers below, so a layout change is made in one place.
     train-tier RUN_DIR/       run.json metrics.json tiers.parquet model/
     pipeline DIR/             data/ tier/ matching/ lists/{creator,product}/ brokers/
                               report.html summary.json .steps/
-    recommend OUT/            part-NNNNN.parquet _job.json _SUCCESS
+    recommend OUT/            part-NNNNN.parquet _job.json _SUCCESS, _lock while running
 
 A model's identity is its content: `model_digest(folder)` (sha256 of the files the model
 is made of, kept in `model/digest.json` so a 10M-row model is hashed once). The batch
@@ -63,6 +63,7 @@ SUMMARY = "summary.json"
 MATCHES = "matches.parquet"
 BROKER_SUMMARY = "broker_summary.parquet"
 MODEL_DIGEST = "digest.json"
+BATCH_LOCK = "_lock"
 
 REGISTRY_PREFIX = "models:/"
 MATCHING_MODEL = "haowu-matching"

@@ -9,6 +9,8 @@
                              written to a temporary name and renamed: a part present is
                              a part complete
     OUT/_SUCCESS             last: the manifest (identity + counts, time, peak RSS, CPU)
+    OUT/_lock                while a run is on: one run per folder (serving/batch/folder_lock.py);
+                             a second run fails at once naming the holder's pid, host, start
 
 A part depends only on the job and its query range, so a rerun keeps the parts present
 and computes the missing ones; a SIGKILL at any point loses only the parts in flight.
@@ -42,7 +44,8 @@ from tqdm.auto import tqdm
 
 from features.errors import HaowuError, OutputExistsError
 from features.io import write_json
-from models.artifacts import SUCCESS
+from models.artifacts import BATCH_LOCK, SUCCESS
+from serving.batch.folder_lock import output_lock
 from serving.batch.parts import (
     OnDone,
     OutputWriteError,
@@ -64,7 +67,7 @@ _PART = re.compile(r"part-(\d{5,})\.parquet")
 
 # ------------------------------------------------------------- the job folder
 def _is_ours(name: str) -> bool:
-    return name in (JOB_FILE, SUCCESS) or bool(_PART.fullmatch(name)) or _is_temp(name)
+    return name in (JOB_FILE, SUCCESS, BATCH_LOCK) or bool(_PART.fullmatch(name)) or _is_temp(name)
 
 
 def _is_temp(name: str) -> bool:
@@ -267,6 +270,27 @@ def write_shards(
     if engine not in ("local", "ray"):
         raise HaowuError(f"unknown engine {engine!r}; choose local or ray")
     out = Path(out)
+    with output_lock(out, desc or "batch job"):  # one run per folder, held to the end
+        return _write_shards(
+            n_queries, make_shard_fn, out, shard_size, manifest, force, engine, workers,
+            progress, cores, desc,
+        )  # fmt: skip
+
+
+def _write_shards(
+    n_queries: int,
+    make_shard_fn: ShardFactory,
+    out: Path,
+    shard_size: int,
+    manifest: dict[str, Any],
+    force: bool,
+    engine: Literal["local", "ray"],
+    workers: int,
+    progress: bool,
+    cores: int | None,
+    desc: str | None,
+) -> dict[str, Any]:
+    """`write_shards` once OUT's lock is held."""
     started, started_at = time.perf_counter(), _now()
     plan = shards(n_queries, shard_size)
     identity = _identity(manifest, n_queries, shard_size)

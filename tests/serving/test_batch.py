@@ -18,8 +18,9 @@ import pytest
 
 from features.errors import HaowuError, OutputExistsError
 from features.settings import Settings, load_settings
-from models.artifacts import SUCCESS, model_digest
+from models.artifacts import BATCH_LOCK, SUCCESS, model_digest
 from serving.batch.bench import CreatorsShards, GoodsShards, HashShards, prepare_world
+from serving.batch.folder_lock import FolderLockedError
 from serving.batch.parts import OutputWriteError, part_path
 from serving.batch.shards import JOB_FILE, write_shards
 
@@ -167,6 +168,47 @@ from serving.batch.bench import HashShards
 write_shards({n}, HashShards(k={k}, delay_s=0.25), Path(sys.argv[1]), shard_size={shard},
              manifest={manifest!r}, workers=2, progress=False)
 """
+
+
+def _start_slow_job(out: Path) -> subprocess.Popen:
+    """Another process writing OUT (slowly); returns once it holds OUT's lock."""
+    script = KILLED_JOB.format(n=N, k=K, shard=SHARD, manifest=MANIFEST).replace(
+        "workers=2", "workers=1"
+    )
+    job = subprocess.Popen([sys.executable, "-c", script, str(out)], start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and job.poll() is None:
+        lock = out / BATCH_LOCK
+        if lock.is_file() and f'"pid": {job.pid}' in lock.read_text():
+            return job
+        time.sleep(0.02)
+    job.kill()
+    raise AssertionError(f"the other run never took the lock (exit {job.poll()})")
+
+
+def test_concurrent_run_into_one_folder_fails_at_once_naming_the_holder(
+    tmp_path: Path, reference: pd.DataFrame, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two processes, one folder: the second fails before touching anything; once the
+    first is killed, its lock file (left behind, pid recorded) is taken over."""
+    out = tmp_path / "lists"
+    job = _start_slow_job(out)
+    try:
+        started = time.monotonic()
+        with pytest.raises(FolderLockedError, match=rf"in use by .*pid {job.pid} on \S+, started"):
+            _run(out, factory=HashShards(k=K, seed=7), force=True)
+        assert time.monotonic() - started < 5  # at once, not after the other run
+        assert job.poll() is None  # the holder runs on, its job file untouched
+        assert json.loads((out / JOB_FILE).read_text())["identity"]["model"] == "run-a"
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait(10)
+    assert str(job.pid) in (out / BATCH_LOCK).read_text()  # left by the dead run
+    with caplog.at_level("WARNING", logger="serving.batch.folder_lock"):
+        manifest = _run(out)
+    assert f"pid {job.pid}" in caplog.text and "no longer holds it" in caplog.text
+    assert manifest["rows"] == N * K and _lists(out).equals(reference)
+    assert not (out / BATCH_LOCK).exists()  # a clean exit leaves no lock file
 
 
 @pytest.mark.parametrize("after_parts", [0, 4])
