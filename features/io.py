@@ -135,12 +135,28 @@ def write_part(df: pd.DataFrame, folder: Path, index: int) -> Path:
 
 
 def write_json(obj: Any, path: Path) -> Path:
-    """Write JSON atomically (temp + rename); used for manifests and metrics."""
+    """Write JSON atomically and durably; used for manifests and metrics.
+
+    The text goes to a temporary file of a unique name in the same folder (two writers
+    of one path never share a temporary file), is flushed to disk (fsync) and only then
+    renamed over `path`: a crash leaves the old file or the new one, never a torn or
+    empty one.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, _default_mode(0o666))
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
     return path
 
 
