@@ -338,6 +338,35 @@ def test_bad_bodies_are_422(client: TestClient, body: object):
     assert r.status_code == 422 and r.json()["error"] == "invalid_request"
 
 
+@pytest.mark.parametrize(
+    "path, raw, field",
+    [
+        ("/creators/goods", b'{"creator": {"followers": NaN}}', "followers"),
+        ("/creators/goods", b'{"creator": {"followers": Infinity}}', "followers"),
+        ("/creators/goods", b'{"creator": {"followers": -Infinity}}', "followers"),
+        ("/creators/goods", b'{"creator": {}, "k": NaN}', "k"),
+        ("/creators/goods", b'{"creator": {}, "filters": {"min_commission": -Infinity}}', None),
+        ("/products/creators", b'{"product": {"price": 1, "extra": [NaN, Infinity]}}', "extra"),
+    ],
+)
+def test_non_finite_numbers_in_a_body_are_422_without_a_traceback(
+    client: TestClient, path: str, raw: bytes, field: str | None, caplog
+):
+    """Python's JSON reader takes NaN and Infinity; the 422 that echoes them must still
+    be valid JSON (it was a 500 with a traceback in the log)."""
+    with caplog.at_level(logging.ERROR):
+        r = client.post(path, content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    body = json.loads(r.text)  # strict JSON: no bare NaN in the answer
+    assert body["error"] == "invalid_request"
+    assert "NaN" not in r.text.replace('"NaN"', "") and "Infinity" not in r.text.replace(
+        '"Infinity"', ""
+    ).replace('"-Infinity"', "")
+    if field is not None:
+        assert any(error["loc"][-1] == field for error in body["detail"]), body
+    assert not [rec for rec in caplog.records if rec.levelno >= logging.ERROR], caplog.text
+
+
 def test_not_json_and_too_large_bodies(client: TestClient):
     r = client.post(
         "/products/creators", content=b"{not json", headers={"content-type": "application/json"}
