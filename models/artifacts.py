@@ -156,6 +156,17 @@ def import_mlflow() -> Any:
     return mlflow
 
 
+def registry_lock_path(uri: str, name: str) -> Path:
+    """The lock file serialising promote/rollback of registered model `name` in store
+    `uri` on this machine: beside a SQLite store's file, else in the haowu cache."""
+    import hashlib
+
+    key = hashlib.sha256(f"{uri}\0{name}".encode()).hexdigest()[:16]
+    prefix = "sqlite:///"
+    folder = Path(uri[len(prefix) :]).parent if uri.startswith(prefix) else default_cache().parent
+    return folder / f".haowu-registry-{key}.lock"
+
+
 def is_registry_uri(ref: str | Path) -> bool:
     return str(ref).startswith(REGISTRY_PREFIX)
 
