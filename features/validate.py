@@ -57,6 +57,10 @@ def _schema_error(
     first = cases.iloc[0]
     column = first["column"] if isinstance(first["column"], str) else None
     check = str(first["check"])
+    hint = ""
+    if check.startswith("dtype") and column in batch.columns and _is_id(spec, column):
+        if batch[column].dtype.kind in "OSU" or str(batch[column].dtype) == "string":
+            hint = " (IDs are integers: map string IDs with `haowu import`)"
     same = cases[(cases["column"] == first["column"]) & (cases["check"] == first["check"])]
     index = same["index"].dropna()
     if len(index):
@@ -67,7 +71,7 @@ def _schema_error(
         )
         return ContractError(
             spec.name,
-            f"rule {check} violated",
+            f"rule {check} violated{hint}",
             column=column,
             rows=rows,
             path=str(path),
@@ -75,11 +79,17 @@ def _schema_error(
         )
     if check.startswith("dtype"):
         got = batch[column].dtype if column in batch.columns else "missing"
-        rule = f"wrong type: expected {spec.dtypes.get(column)}, got {got}"
+        rule = f"wrong type: expected {spec.dtypes.get(column)}, got {got}{hint}"
         sample = batch[[column]].head(MAX_ROWS_SHOWN).to_dict("records") if column in batch else []
         return ContractError(spec.name, rule, column=column, rows=sample, path=str(path))
     return ContractError(
         spec.name, f"rule {check} violated: {first['failure_case']}", column=column, path=str(path)
+    )
+
+
+def _is_id(spec: TableSpec, column: str) -> bool:
+    return spec.dtypes.get(column) in (INT, NULLABLE_INT) and (
+        column in spec.key or column in spec.references or column.endswith("_id")
     )
 
 

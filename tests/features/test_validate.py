@@ -186,3 +186,9 @@ def test_ids_above_int64_are_refused_not_wrapped(data: Path) -> None:
     frame.loc[2, "creator_id"] = 3  # uint64 within range: widened, accepted
     write_table(frame, data, "creators")
     validate_dir(data)
+
+
+def test_string_ids_point_to_import(data: Path) -> None:
+    _replace(data, "creators", creator_id=["a", "b", "c"])
+    err = _fails(data, "creators", "creator_id", "map string IDs with `haowu import`")
+    assert err.rows[0]["creator_id"] == "a"

@@ -171,7 +171,8 @@ write_shards({n}, HashShards(k={k}, delay_s=0.25), Path(sys.argv[1]), shard_size
 
 
 def _start_slow_job(out: Path) -> subprocess.Popen:
-    """Another process writing OUT (slowly); returns once it holds OUT's lock."""
+    """Another process writing OUT (slowly); returns once it holds OUT's lock and has
+    written its job file."""
     script = KILLED_JOB.format(n=N, k=K, shard=SHARD, manifest=MANIFEST).replace(
         "workers=2", "workers=1"
     )
@@ -179,7 +180,7 @@ def _start_slow_job(out: Path) -> subprocess.Popen:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and job.poll() is None:
         lock = out / BATCH_LOCK
-        if lock.is_file() and f'"pid": {job.pid}' in lock.read_text():
+        if lock.is_file() and f'"pid": {job.pid}' in lock.read_text() and (out / JOB_FILE).exists():
             return job
         time.sleep(0.02)
     job.kill()
