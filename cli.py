@@ -253,10 +253,17 @@ def pipeline(
             lambda: {k: r.rows for k, r in validate_dir(d.data).items()},
             data_dir=d.data,
         ),
-        Step("train-tier", lambda: run_tier(cfg, d.data, d.tier, overwrite=True), own_run=True),
+        # the validate step has checked every table the two training jobs read
+        Step(
+            "train-tier",
+            lambda: run_tier(cfg, d.data, d.tier, overwrite=True, validate=False),
+            own_run=True,
+        ),
         Step(
             "train-matching",
-            lambda: run_matching(cfg, d.data, d.matching, tiers=d.tier, overwrite=True),
+            lambda: run_matching(
+                cfg, d.data, d.matching, tiers=d.tier, overwrite=True, validate=False
+            ),
             own_run=True,
         ),
         Step("promote", promote_both, params={"gates": cfg.registry.gates}),

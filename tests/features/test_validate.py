@@ -155,3 +155,40 @@ def test_folder_without_tables(tmp_path: Path) -> None:
         validate_dir(tmp_path)
     with pytest.raises(HaowuError, match="not found"):
         validate_dir(tmp_path / "missing")
+
+
+@pytest.mark.parametrize(
+    ("table", "column", "values"),
+    [
+        ("products", "price", [1.5, float("inf")]),
+        ("product_stats", "gmv_30d", [float("inf"), 2.0]),
+        ("merchants", "brand_awareness", [0.5, float("-inf")]),
+    ],
+)
+def test_infinite_floats_are_refused(data: Path, table: str, column: str, values: list) -> None:
+    """`>= 0` and `> 0` let +inf through, and a nullable column's -inf is not a null."""
+    if table == "merchants":
+        write_table(pd.DataFrame({"merchant_id": [1, 2], column: values}), data, table)
+    else:
+        _replace(data, table, **{column: values})
+    err = _fails(data, table, column, "non-finite value (inf or -inf)")
+    infinite = [v for v in values if abs(v) == float("inf")]
+    assert err.total == 1 and [row[column] for row in err.rows] == infinite
+
+
+def test_ids_above_int64_are_refused_not_wrapped(data: Path) -> None:
+    """uint64 IDs above 2^63 - 1 used to wrap to negative int64 IDs without a word."""
+    frame = _tables()["creators"].astype({"creator_id": "uint64"})
+    frame.loc[2, "creator_id"] = 2**64 - 1  # would become -1
+    write_table(frame, data, "creators")
+    err = _fails(data, "creators", "creator_id", "value above 9223372036854775807")
+    assert [row["creator_id"] for row in err.rows] == [2**64 - 1] and err.total == 1
+    frame.loc[2, "creator_id"] = 3  # uint64 within range: widened, accepted
+    write_table(frame, data, "creators")
+    validate_dir(data)
+
+
+def test_string_ids_point_to_import(data: Path) -> None:
+    _replace(data, "creators", creator_id=["a", "b", "c"])
+    err = _fails(data, "creators", "creator_id", "map string IDs with `haowu import`")
+    assert err.rows[0]["creator_id"] == "a"

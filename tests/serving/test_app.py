@@ -10,6 +10,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import threading
@@ -29,6 +30,7 @@ from hypothesis import strategies as st
 from features.indicators import DIMENSIONS
 from features.io import read_table
 from features.settings import Settings, load_settings
+from models.artifacts import MODEL_DIGEST
 from serving.api.app import create_app, install_sighup
 from serving.online import lookup
 from serving.online.broker_matches import BrokerMatchStore
@@ -336,6 +338,35 @@ def test_bad_bodies_are_422(client: TestClient, body: object):
     assert r.status_code == 422 and r.json()["error"] == "invalid_request"
 
 
+@pytest.mark.parametrize(
+    "path, raw, field",
+    [
+        ("/creators/goods", b'{"creator": {"followers": NaN}}', "followers"),
+        ("/creators/goods", b'{"creator": {"followers": Infinity}}', "followers"),
+        ("/creators/goods", b'{"creator": {"followers": -Infinity}}', "followers"),
+        ("/creators/goods", b'{"creator": {}, "k": NaN}', "k"),
+        ("/creators/goods", b'{"creator": {}, "filters": {"min_commission": -Infinity}}', None),
+        ("/products/creators", b'{"product": {"price": 1, "extra": [NaN, Infinity]}}', "extra"),
+    ],
+)
+def test_non_finite_numbers_in_a_body_are_422_without_a_traceback(
+    client: TestClient, path: str, raw: bytes, field: str | None, caplog
+):
+    """Python's JSON reader takes NaN and Infinity; the 422 that echoes them must still
+    be valid JSON (it was a 500 with a traceback in the log)."""
+    with caplog.at_level(logging.ERROR):
+        r = client.post(path, content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    body = json.loads(r.text)  # strict JSON: no bare NaN in the answer
+    assert body["error"] == "invalid_request"
+    assert "NaN" not in r.text.replace('"NaN"', "") and "Infinity" not in r.text.replace(
+        '"Infinity"', ""
+    ).replace('"-Infinity"', "")
+    if field is not None:
+        assert any(error["loc"][-1] == field for error in body["detail"]), body
+    assert not [rec for rec in caplog.records if rec.levelno >= logging.ERROR], caplog.text
+
+
 def test_not_json_and_too_large_bodies(client: TestClient):
     r = client.post(
         "/products/creators", content=b"{not json", headers={"content-type": "application/json"}
@@ -605,6 +636,7 @@ def test_registry_alias_resolves_the_champion(served: Path, cfg: Settings, bundl
     loaded = load_bundle(sources, cfg)
     assert loaded.info.version == version and loaded.info.alias == "serve-test"
     assert loaded.sources.data.resolve() == (served / "data").resolve()
+    assert loaded.model_digest == bundle.model_digest  # the registry's copy: same content
     creator = str(_ids(bundle, "creators", 1)[0])  # no lists here: live at depth k
     assert (
         lookup.goods_for_creator(loaded, creator, LIST_K).items
@@ -612,6 +644,58 @@ def test_registry_alias_resolves_the_champion(served: Path, cfg: Settings, bundl
     )
     with pytest.raises(Exception, match="nosuchalias"):
         load_bundle(ServeSources(model="models:/haowu-matching@nosuchalias"), cfg)
+
+
+def _retrained(served: Path, into: Path) -> Path:
+    """The served model as a retrain into its folder would leave it: same IDs and
+    positions (so the old lists still map onto it), other product vectors."""
+    source, model = served / "matching" / "model", into / "model"
+    shutil.copytree(source, model, ignore=shutil.ignore_patterns("index", MODEL_DIGEST))
+    vectors = np.load(model / "product_embeddings.npy")
+    np.save(model / "product_embeddings.npy", np.ascontiguousarray(vectors[::-1]))
+    return model
+
+
+def test_lists_written_by_another_model_are_not_served(
+    served: Path, cfg: Settings, bundle: Bundle, client: TestClient, tmp_path: Path, caplog
+):
+    """A reload onto a retrained model keeps the unchanged lists files, but they are the
+    old model's: answers are live, a warning names both digests, /readyz and /metrics
+    say batch lists are not in use. Lists of the served model are used again."""
+    assert bundle.lists_status == {"creator": "batch", "product": "batch"}
+    ready = client.get("/readyz").json()
+    assert ready["lists"] == {"creator": "batch", "product": "batch"}
+    assert ready["model"]["digest"] == bundle.model_digest
+    assert 'haowu_batch_lists_in_use{direction="creator"} 1.0' in client.get("/metrics").text
+
+    sources = ServeSources.from_dir(served, model=str(_retrained(served, tmp_path)))
+    with caplog.at_level(logging.WARNING, logger="serving.online.bundle"):
+        new = load_bundle(sources, cfg, previous=bundle)  # the reload after a retrain
+    old_digest, new_digest = bundle.model_digest, new.model_digest
+    assert old_digest and new_digest and old_digest != new_digest
+    assert new.lists is None and new.product_lists is None  # was: the old lists, reused
+    assert f"written by model {old_digest}, not the served model {new_digest}" in caplog.text
+    creator = str(_ids(bundle, "creators", 1)[0])
+    product = str(_ids(bundle, "products", 1)[0])
+    with TestClient(create_app(cfg, bundle=new), raise_server_exceptions=False) as c:
+        ready = c.get("/readyz").json()
+        assert ready["lists"]["creator"] == (
+            f"live (lists were written by model {old_digest[:12]}, "
+            f"serving model {new_digest[:12]})"
+        )
+        assert ready["lists"]["product"].startswith("live (lists were written by model")
+        assert ready["model"]["digest"] == new_digest
+        goods = c.get(f"/creators/{creator}/goods", params={"k": 10}).json()
+        assert goods["source"] == "live"
+        live = lookup.goods_for_creator(new, creator, 10, mode="live")
+        assert goods["items"] == [item.model_dump() for item in live.items]
+        stored = c.get(f"/products/{product}/creators", params={"k": 5}).json()
+        assert stored["source"] == "live"
+        metrics = c.get("/metrics").text
+        assert 'haowu_batch_lists_in_use{direction="creator"} 0.0' in metrics
+        assert 'haowu_batch_lists_in_use{direction="product"} 0.0' in metrics
+    again = load_bundle(ServeSources.from_dir(served), cfg, previous=new)  # back to the old
+    assert again.lists is not None and again.lists_status["creator"] == "batch"
 
 
 # ----------------------------------------------------------------------- property test

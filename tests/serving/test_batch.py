@@ -18,8 +18,9 @@ import pytest
 
 from features.errors import HaowuError, OutputExistsError
 from features.settings import Settings, load_settings
-from models.artifacts import SUCCESS
+from models.artifacts import BATCH_LOCK, SUCCESS, model_digest
 from serving.batch.bench import CreatorsShards, GoodsShards, HashShards, prepare_world
+from serving.batch.folder_lock import FolderLockedError
 from serving.batch.parts import OutputWriteError, part_path
 from serving.batch.shards import JOB_FILE, write_shards
 
@@ -167,6 +168,48 @@ from serving.batch.bench import HashShards
 write_shards({n}, HashShards(k={k}, delay_s=0.25), Path(sys.argv[1]), shard_size={shard},
              manifest={manifest!r}, workers=2, progress=False)
 """
+
+
+def _start_slow_job(out: Path) -> subprocess.Popen:
+    """Another process writing OUT (slowly); returns once it holds OUT's lock and has
+    written its job file."""
+    script = KILLED_JOB.format(n=N, k=K, shard=SHARD, manifest=MANIFEST).replace(
+        "workers=2", "workers=1"
+    )
+    job = subprocess.Popen([sys.executable, "-c", script, str(out)], start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and job.poll() is None:
+        lock = out / BATCH_LOCK
+        if lock.is_file() and f'"pid": {job.pid}' in lock.read_text() and (out / JOB_FILE).exists():
+            return job
+        time.sleep(0.02)
+    job.kill()
+    raise AssertionError(f"the other run never took the lock (exit {job.poll()})")
+
+
+def test_concurrent_run_into_one_folder_fails_at_once_naming_the_holder(
+    tmp_path: Path, reference: pd.DataFrame, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two processes, one folder: the second fails before touching anything; once the
+    first is killed, its lock file (left behind, pid recorded) is taken over."""
+    out = tmp_path / "lists"
+    job = _start_slow_job(out)
+    try:
+        started = time.monotonic()
+        with pytest.raises(FolderLockedError, match=rf"in use by .*pid {job.pid} on \S+, started"):
+            _run(out, factory=HashShards(k=K, seed=7), force=True)
+        assert time.monotonic() - started < 5  # at once, not after the other run
+        assert job.poll() is None  # the holder runs on, its job file untouched
+        assert json.loads((out / JOB_FILE).read_text())["identity"]["model"] == "run-a"
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait(10)
+    assert str(job.pid) in (out / BATCH_LOCK).read_text()  # left by the dead run
+    with caplog.at_level("WARNING", logger="serving.batch.folder_lock"):
+        manifest = _run(out)
+    assert f"pid {job.pid}" in caplog.text and "no longer holds it" in caplog.text
+    assert manifest["rows"] == N * K and _lists(out).equals(reference)
+    assert not (out / BATCH_LOCK).exists()  # a clean exit leaves no lock file
 
 
 @pytest.mark.parametrize("after_parts", [0, 4])
@@ -331,6 +374,57 @@ def test_recommend_job_resumes_and_refuses_another_k(tiny_data: Path, tmp_path: 
     manifest = json.loads((out / SUCCESS).read_text())
     assert manifest["k"] == 20 and manifest["shard_size"] == 1000
     assert len(_lists(out)) == 20 * manifest["queries"]
+
+
+def test_retrained_model_new_data_or_new_tiers_make_another_job(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    """Retrain into the same folder (another seed, overwrite) and rerun `recommend` into
+    the same OUT: the old lists are refused, naming what changed, instead of being
+    resumed or called complete; the same for data or tiers whose content changed."""
+    import shutil
+
+    from serving.batch.job import ListsRequest
+    from serving.batch.job import run as recommend
+    from training.matching.job import run as train
+
+    overrides = [
+        "matching.epochs=1", "matching.refit_all=false", "matching.baselines=[pop]",
+        "matching.protocols=[random]", "matching.eval_creators=300", "batch.shard_size=500",
+        "matching.threads=1",
+    ]  # fmt: skip
+    cfg = load_settings("tiny", overrides=overrides)
+    model, out = tmp_path / "run", tmp_path / "lists"
+    train(cfg, tiny_data, model, progress=False, register=False)
+    request = ListsRequest(tiny_data, str(model), k=5)
+    first = recommend(cfg, request, out, workers=1, progress=False)
+    assert first["model_digest"] == model_digest(model)
+    assert json.loads((out / SUCCESS).read_text())["model_digest"] == first["model_digest"]
+    old_lists = _lists(out)
+
+    reseeded = load_settings("tiny", overrides=[*overrides, "matching.seed=7"])
+    train(reseeded, tiny_data, model, progress=False, register=False, overwrite=True)
+    assert model_digest(model) != first["model_digest"]
+    with pytest.raises(OutputExistsError, match="another job \\(model_digest: '"):
+        recommend(cfg, request, out, workers=1, progress=False)  # was: "complete already"
+    part_path(out, 0).unlink()
+    with pytest.raises(OutputExistsError, match="model_digest"):
+        recommend(cfg, request, out, workers=1, progress=False)  # was: resumed the old parts
+    forced = recommend(cfg, request, out, workers=1, progress=False, overwrite=True)
+    assert forced["model_digest"] == model_digest(model) and forced["computed_parts"] > 0
+    assert not _lists(out).equals(old_lists)
+
+    data = tmp_path / "data"  # same tables, same row counts; one price changed
+    shutil.copytree(tiny_data, data)
+    products = pd.read_parquet(data / "products.parquet")
+    products.loc[0, "price"] *= 2
+    products.to_parquet(data / "products.parquet", index=False)
+    recommend(cfg, ListsRequest(data, str(model), k=5), tmp_path / "l2", workers=1, progress=False)
+    products.loc[1, "price"] *= 2
+    products.to_parquet(data / "products.parquet", index=False)
+    with pytest.raises(OutputExistsError, match="another job \\(data_digest: '"):
+        recommend(cfg, ListsRequest(data, str(model), k=5), tmp_path / "l2", workers=1,
+                  progress=False)  # fmt: skip
 
 
 def test_bench_batch_command_prints_figures(tmp_path: Path) -> None:

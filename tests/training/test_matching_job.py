@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from features.errors import ContractError
+from features.io import read_table, write_table
 from features.settings import load_settings
 from training.matching.job import run
 
@@ -142,3 +145,41 @@ def test_recommend_excludes_promoted_goods(matching_run, tiny_data: Path, tmp_pa
     )  # fmt: skip
     assert again.exit_code == 0, again.output
     pd.testing.assert_frame_equal(pd.read_parquet(lists), rows)
+
+
+def _unknown_product(data: Path) -> None:
+    first = sorted((data / "interactions").glob("*.parquet"))[0]
+    frame = pd.read_parquet(first)
+    frame.loc[frame.index[:3], "product_id"] = 10**15 + 7  # in no products row
+    frame.to_parquet(first, index=False)
+
+
+def _duplicate_product(data: Path) -> None:
+    products = read_table(data, "products")
+    write_table(pd.concat([products, products.head(1)], ignore_index=True), data, "products")
+
+
+def _negative_price(data: Path) -> None:
+    products = read_table(data, "products")
+    products.loc[products.index[:1], "price"] = -5.0
+    write_table(products, data, "products")
+
+
+@pytest.mark.parametrize(
+    ("breaks", "message"),
+    [
+        (_unknown_product, "table 'interactions' (.*), column 'product_id': unknown product_id"),
+        (_duplicate_product, "column 'product_id': duplicate key"),
+        (_negative_price, "column 'price': rule greater_than\\(0\\) violated"),
+    ],
+)
+def test_bad_input_is_refused_before_anything_is_written(
+    tiny_data: Path, tmp_path: Path, breaks, message: str
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data, ignore=shutil.ignore_patterns("truth"))
+    breaks(data)
+    out = tmp_path / "run"
+    with pytest.raises(ContractError, match=message):
+        run(load_settings("tiny", overrides=TINY), data, out, progress=False)
+    assert not out.exists() and not list(tmp_path.glob(".run.*"))

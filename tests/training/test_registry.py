@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import re
+import threading
 
 import pytest
 
 from features.errors import HaowuError
 from features.settings import RegistryConfig
-from training.lifecycle import tracking
-from training.lifecycle.promotion import PromotionRefused, promote, rollback
+from training.lifecycle import promotion, tracking
+from training.lifecycle.promotion import HISTORY_TAG, PromotionRefused, promote, rollback
 
 NAME = "haowu-gate-test"
 CFG = RegistryConfig(gates={NAME: {"recall@50": "higher"}}, tolerance=0.01)
 
 
-def _register(recall: float, fingerprint: str = "fp-a") -> str:
+def _register(recall: float, fingerprint: str = "fp-a", name: str = NAME) -> str:
     import mlflow
 
     class Echo(mlflow.pyfunc.PythonModel):
@@ -26,7 +28,7 @@ def _register(recall: float, fingerprint: str = "fp-a") -> str:
         "gate-test", {"recall": recall}, tags={"haowu.data_fingerprint": fingerprint}
     ) as run:
         tracking.log_metrics({"recall@50": recall})
-        mlflow.pyfunc.log_model(name="model", python_model=Echo(), registered_model_name=NAME)
+        mlflow.pyfunc.log_model(name="model", python_model=Echo(), registered_model_name=name)
     return run.info.run_id
 
 
@@ -115,3 +117,45 @@ def test_unreachable_registry_fails_fast(monkeypatch) -> None:
     assert result.exit_code == 1
     assert "http://127.0.0.1:1 cannot be reached" in result.output
     assert time.perf_counter() - start < 30  # MLflow's own defaults retry for minutes
+
+
+def test_concurrent_promotions_keep_every_change(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The champion history is read, changed and written back: a second promote that
+    runs while the first is between its read and its write must wait for it, not write
+    its change over (the lost update left history ['1'] and champion v1)."""
+    from mlflow import MlflowClient
+
+    name = "haowu-lock-test"
+    cfg = RegistryConfig(gates={name: {"recall@50": "higher"}}, tolerance=0.01)
+    first_run, second_run = _register(0.3, name=name), _register(0.31, name=name)
+    paused, release = threading.Event(), threading.Event()
+    real = promotion._set_champion
+
+    def slow(client, model, version, alias, history) -> None:  # type: ignore[no-untyped-def]
+        if version == "1":
+            paused.set()
+            assert release.wait(30)
+        real(client, model, version, alias, history)
+
+    monkeypatch.setattr(promotion, "_set_champion", slow)
+    errors: list[BaseException] = []
+
+    def call(run_id: str) -> None:
+        try:
+            promote(name, run_id, cfg)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    first = threading.Thread(target=call, args=(first_run,))
+    first.start()
+    assert paused.wait(30)
+    second = threading.Thread(target=call, args=(second_run,))
+    second.start()
+    second.join(2.0)  # unlocked, it finishes here on the history it read
+    release.set()
+    first.join(30)
+    second.join(30)
+    assert not errors, errors
+    client = MlflowClient()
+    assert json.loads(client.get_registered_model(name).tags[HISTORY_TAG]) == ["1", "2"]
+    assert str(client.get_model_version_by_alias(name, cfg.champion_alias).version) == "2"

@@ -40,6 +40,7 @@ from features.matching_data import (
     product_frame,
 )
 from features.settings import MatchingConfig, Settings
+from features.validate import validate_tables
 from models.artifacts import (
     CREATOR_IDS,
     HISTORY,
@@ -50,6 +51,7 @@ from models.artifacts import (
     RUN_DIR_TAG,
     RUN_META,
     SERVING_DEFAULTS,
+    model_digest,
     open_tier_run,
     read_tiers,
 )
@@ -71,6 +73,8 @@ log = logging.getLogger(__name__)
 
 MODEL = "two_tower"
 REGISTERED_NAME = "haowu-matching"
+# what the job reads, validated before anything is written (features/validate.py)
+INPUT_TABLES = ("merchants", "creators", "products", "product_stats", "interactions")
 PROTOCOL_PREFIX = {"random": "", "time": "time_", "cold": "cold_"}
 
 
@@ -271,11 +275,18 @@ def run(
     overwrite: bool = False,
     progress: bool = True,
     register: bool = True,
+    validate: bool = True,
 ) -> dict[str, float]:
-    """Train, evaluate and save the matching model; returns the flat metrics."""
+    """Train, evaluate and save the matching model; returns the flat metrics.
+
+    The input tables are validated first (`validate=False`: the caller just did), so
+    duplicate keys, interactions naming unknown creators or goods, +-inf or negative
+    prices fail before a run folder or an MLflow run is made."""
     from training.lifecycle.model_logging import log_matching_model
     from training.matching.plots import plot_recall_curves
 
+    if validate:
+        validate_tables(Path(data_dir), INPUT_TABLES)
     mcfg = cfg.matching
     torch.set_num_threads(mcfg.threads)
     started = time.perf_counter()
@@ -307,6 +318,7 @@ def run(
                 job.timings["refit_seconds"] = time.perf_counter() - start
                 job.history["refit"] = served.history
             _save_model(job, served, staging / "model")
+            model_digest(staging / "model")  # kept beside the model: readers reuse it
             job.timings["job_seconds"] = time.perf_counter() - started
             metrics = job.metrics()
             table = _table(job)
