@@ -212,3 +212,36 @@ def in_batch_softmax_loss(
         logits = torch.cat([logits, extra_logits], dim=1)  # (B, B + M)
     target = torch.arange(batch, device=creator.device)
     return F.cross_entropy(logits, target)
+
+
+def cosine_contrastive_loss(
+    creator: torch.Tensor,
+    product: torch.Tensor,
+    margin: float,
+    neg_weight: float,
+    product_keys: torch.Tensor | None = None,
+    extra: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """SimpleX's cosine contrastive loss (Mao et al., CIKM 2021) on unit-length towers:
+
+        (1 - cos(u, v+)) + neg_weight * mean over negatives of relu(cos(u, v-) - margin)
+
+    Row i's negatives are the other rows' products (minus accidental hits, as in the
+    softmax) plus the `extra` shared pool. Only negatives closer than `margin` cost
+    anything, so the many easy ones do not drown the hard ones. There is no temperature
+    and no logQ term: each negative counts once, whatever its popularity.
+    """
+    batch = creator.shape[0]
+    positive = (creator * product).sum(dim=1)  # (B,)
+    cos = creator @ product.T  # (B, B)
+    valid = ~torch.eye(batch, dtype=torch.bool, device=creator.device)
+    if product_keys is not None:
+        valid &= product_keys[None, :] != product_keys[:, None]
+    penalty = F.relu(cos - margin) * valid
+    total, count = penalty.sum(dim=1), valid.sum(dim=1).to(cos.dtype)
+    if extra is not None:
+        extra_penalty = F.relu(creator @ extra.T - margin)  # (B, M)
+        total = total + extra_penalty.sum(dim=1)
+        count = count + extra.shape[0]
+    negative = total / count.clamp(min=1.0)
+    return ((1.0 - positive) + neg_weight * negative).mean()
