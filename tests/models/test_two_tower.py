@@ -82,6 +82,14 @@ def test_cosine_contrastive_loss_on_a_hand_checked_batch() -> None:
         creator, product, 0.95, w, product_keys=torch.tensor([3, 3]), extra=extra
     )
     assert same.item() == pytest.approx(((1 - 0.6) + (1 - 0.0)) / 2, rel=1e-6)
+    # logQ: each negative weighs 1 / its expected count, so popular goods count less
+    log_q, extra_log_q = torch.log(torch.tensor([0.5, 0.1])), torch.log(torch.tensor([0.5]))
+    weighted = cosine_contrastive_loss(
+        creator, product, margin, w, extra=extra, log_q=log_q, extra_log_q=extra_log_q
+    )
+    r0 = (1 - 0.6) + w * (10 * (1.0 - margin) + 2 * (0.8 - margin)) / 12
+    r1 = (1 - 0.0) + w * (2 * (0.8 - margin) + 2 * (0.6 - margin)) / 4
+    assert weighted.item() == pytest.approx((r0 + r1) / 2, rel=1e-6)
 
 
 def test_towers_are_normalised_and_id_dropout_only_trains() -> None:

@@ -63,7 +63,14 @@ def train_step(
     extra = model.product_tower(*negatives) if negatives is not None else None  # (M, d)
     if cfg is not None and cfg.loss == "cosine_contrastive":
         loss = cosine_contrastive_loss(
-            u, v, cfg.margin, cfg.neg_weight, product_keys=product_keys, extra=extra
+            u,
+            v,
+            cfg.margin,
+            cfg.neg_weight,
+            product_keys=product_keys,
+            extra=extra,
+            log_q=log_q,
+            extra_log_q=negatives_log_q,
         )
     else:
         loss = in_batch_softmax_loss(
