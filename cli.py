@@ -869,3 +869,38 @@ def bench_serve(
     show(result)
     if out is not None:
         write_json(result, out)
+
+
+@bench_app.command("quality")
+@fails_cleanly
+def bench_quality(
+    log_: Annotated[
+        list[str],
+        typer.Option(
+            "--log",
+            help="NAME=FORMAT:DIR, FORMAT lastfm (train/test.txt, user item count), beauty "
+            "(train.txt user:item item ..., test.txt user:item) or pairs (a data folder)",
+        ),
+    ],
+    out: Annotated[Path | None, typer.Option(help="write the figures as JSON here")] = None,
+    models: Annotated[
+        str, typer.Option(help="comma list of two_tower, pop, itemknn, als, ease")
+    ] = "two_tower,pop,itemknn,als,ease",
+    preset: PresetOpt = "small",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Two-tower vs Pop / ItemKNN / ALS / EASE on real logs with their own test split:
+    every item ranked, training items masked; ALS and EASE tuned on a validation carved
+    from train. Prints one table per log."""
+    from features.io import write_json
+    from training.matching.quality import LogSpec, run_quality, table
+
+    specs = [LogSpec.parse(text) for text in log_]
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    result = run_quality(specs, settings(preset, config, set_), names)
+    for name, record in result.items():
+        typer.echo(table(name, record) + "\n")
+    if out is not None:
+        write_json(result, out)
+        typer.echo(f"wrote {out}")

@@ -3,11 +3,18 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 import torch
 
 from features.settings import MatchingConfig
 from models.matching.recommender import Recommender
-from models.matching.two_tower import TowerSpec, TwoTower, TwoTowerConfig, in_batch_softmax_loss
+from models.matching.two_tower import (
+    TowerSpec,
+    TwoTower,
+    TwoTowerConfig,
+    cosine_contrastive_loss,
+    in_batch_softmax_loss,
+)
 from tests.models.recommender_contract import (
     N_CREATORS,
     N_PRODUCTS,
@@ -57,6 +64,32 @@ def test_extra_negatives_join_the_softmax() -> None:
         creator, product, torch.zeros(1), 1.0, extra=extra, extra_log_q=torch.zeros(1)
     )
     assert loss.item() == pytest.approx(_lse([1.0, 0.0]) - 1.0, rel=1e-6)
+
+
+def test_cosine_contrastive_loss_on_a_hand_checked_batch() -> None:
+    creator = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    product = torch.tensor([[0.6, 0.8], [1.0, 0.0]])
+    extra = torch.tensor([[0.8, 0.6]])
+    margin, w = 0.5, 2.0
+    loss = cosine_contrastive_loss(creator, product, margin, w, extra=extra)
+    # row 0: positive cos .6; negatives: product 1 (cos 1), extra (cos .8)
+    r0 = (1 - 0.6) + w * ((1.0 - margin) + (0.8 - margin)) / 2
+    # row 1: positive cos 0; negatives: product 0 (cos .8), extra (cos .6)
+    r1 = (1 - 0.0) + w * ((0.8 - margin) + (0.6 - margin)) / 2
+    assert loss.item() == pytest.approx((r0 + r1) / 2, rel=1e-6)
+    # an accidental hit is no negative; easy negatives below the margin cost nothing
+    same = cosine_contrastive_loss(
+        creator, product, 0.95, w, product_keys=torch.tensor([3, 3]), extra=extra
+    )
+    assert same.item() == pytest.approx(((1 - 0.6) + (1 - 0.0)) / 2, rel=1e-6)
+    # logQ: each negative weighs 1 / its expected count, so popular goods count less
+    log_q, extra_log_q = torch.log(torch.tensor([0.5, 0.1])), torch.log(torch.tensor([0.5]))
+    weighted = cosine_contrastive_loss(
+        creator, product, margin, w, extra=extra, log_q=log_q, extra_log_q=extra_log_q
+    )
+    r0 = (1 - 0.6) + w * (10 * (1.0 - margin) + 2 * (0.8 - margin)) / 12
+    r1 = (1 - 0.0) + w * (2 * (0.8 - margin) + 2 * (0.6 - margin)) / 4
+    assert weighted.item() == pytest.approx((r0 + r1) / 2, rel=1e-6)
 
 
 def test_towers_are_normalised_and_id_dropout_only_trains() -> None:
@@ -199,3 +232,36 @@ def test_an_id_only_creator_tower_reads_its_history_instead_of_its_id() -> None:
     assert with_side.fit(train).encoders.creator_ids.vocab_size > 1  # features: IDs kept
     keep = _tiny_cfg(epochs=1, history_replaces_creator_id=False)
     assert TwoTowerTrainer(keep, progress=False).fit(train).encoders.creator_ids.vocab_size > 1
+
+
+def _blocks(k: int = 4, creators: int = 30, items: int = 20, per_creator: int = 8, seed: int = 0):
+    """Creators in k blocks, each with `per_creator` goods of its own block; two of them
+    per creator are held out."""
+    rng = np.random.default_rng(seed)
+    train, test = sp.lil_matrix((k * creators, k * items)), sp.lil_matrix((k * creators, k * items))
+    for c in range(k * creators):
+        block = c // creators
+        goods = block * items + rng.choice(items, per_creator, replace=False)
+        train[c, goods[2:]] = 1.0
+        test[c, goods[:2]] = 1.0
+    return train.tocsr(), test.tocsr()
+
+
+@pytest.mark.parametrize(
+    "loss, extra",
+    [("softmax", 0), ("softmax", 16), ("cosine_contrastive", 0), ("cosine_contrastive", 16)],
+)
+def test_each_loss_recovers_a_planted_block_structure(loss: str, extra: int) -> None:
+    train, test = _blocks()
+    cfg = _tiny_cfg(
+        epochs=15, patience=0, loss=loss, margin=0.5, extra_negatives=extra, id_only_dropout=0.0
+    )
+    model = TwoTowerTrainer(cfg, progress=False).fit(train)
+    k = 10
+    creators = np.arange(train.shape[0])
+    positions, _ = model.recommend(creators, k, exclude=train[creators])
+    found = np.array(
+        [len(set(positions[i]) & set(test[c].indices)) / 2 for i, c in enumerate(creators)]
+    )
+    random = k / (train.shape[1] - 6)  # k of the 74 goods a creator has not promoted
+    assert found.mean() > 3 * random, (loss, extra, found.mean(), random)

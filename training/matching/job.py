@@ -128,6 +128,24 @@ class MatchingJob:
             if OracleRecommender.available(self.data_dir)
             else None
         )
+        self._reset()
+
+    @classmethod
+    def from_interactions(
+        cls, cfg: Settings, inter: Interactions, progress: bool = False
+    ) -> MatchingJob:
+        """A job on pairs read elsewhere (a public log's text files): ID-only (no side
+        tables, no categories, no oracle), the same two-tower and baselines."""
+        job = cls.__new__(cls)
+        job.cfg, job.mcfg, job.progress = cfg, cfg.matching, progress
+        job.data_dir, job.inter, job.tiers = None, inter, None
+        job.creator_frame = pd.DataFrame(index=np.arange(len(inter.creators)))
+        job.product_frame = pd.DataFrame(index=np.arange(len(inter.products)))
+        job.categories, job.oracle = None, None
+        job._reset()
+        return job
+
+    def _reset(self) -> None:
         self.results: dict[str, dict[str, EvalResult]] = {}
         self.history: dict[str, list[dict[str, float]]] = {}
         self.timings: dict[str, float] = {}
