@@ -240,7 +240,7 @@ def test_kind_and_nlist_follow_catalog_size() -> None:
     assert choose_nlist(2000, cfg) == 2000 // 39  # enough training points per list
 
 
-def test_recall_at_k_counts_overlap() -> None:
+def test_ann_recall_counts_overlap() -> None:
     truth = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
     found = np.array([[4, 3, 9, -1], [5, 6, 7, 8]])
     assert ann_recall(found, truth) == pytest.approx((0.5 + 1.0) / 2)

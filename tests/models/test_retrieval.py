@@ -13,7 +13,7 @@ from models.retrieval.index import (
     DimensionMismatchError,
     EmbeddingIndex,
     RetrievalError,
-    recall_at_k,
+    ann_recall,
 )
 from models.retrieval.synthetic import EmbeddingWorld, synthetic_catalog
 
@@ -34,7 +34,7 @@ def world():
 
 
 def _overlap(a: np.ndarray, b: np.ndarray) -> float:
-    return recall_at_k(a, b)
+    return ann_recall(a, b)
 
 
 def test_ann_lists_match_exact_lists_under_the_policy(world) -> None:
