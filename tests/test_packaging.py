@@ -77,8 +77,8 @@ def test_wheel_installs_and_runs_the_tiny_pipeline(tmp_path: Path) -> None:
          "-w", str(wheels), str(ROOT)],
         check=True, capture_output=True, timeout=600, cwd=tmp_path,
     )  # fmt: skip
-    env_dir = tmp_path / "env"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], check=True)
+    env_dir = tmp_path / "env"  # its own pip: installing never touches this environment
+    subprocess.run([sys.executable, "-m", "venv", str(env_dir)], check=True, timeout=300)
     python = env_dir / "bin" / "python"
     site = Path(
         subprocess.run(
@@ -87,8 +87,8 @@ def test_wheel_installs_and_runs_the_tiny_pipeline(tmp_path: Path) -> None:
         ).stdout.strip()
     )  # fmt: skip
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index",
-         "--prefix", str(env_dir), *map(str, wheels.glob("haowu-*.whl"))],
+        [python, "-m", "pip", "install", "-q", "--no-deps", "--no-index",
+         *map(str, wheels.glob("haowu-*.whl"))],
         check=True, capture_output=True, timeout=600,
     )  # fmt: skip
     (site / "borrowed_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
@@ -107,3 +107,5 @@ def test_wheel_installs_and_runs_the_tiny_pipeline(tmp_path: Path) -> None:
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     assert (work / "demo" / "summary.json").is_file() and (work / "mlflow.db").is_file()
+    here = subprocess.run([sys.executable, "-m", "pip", "show", "haowu"], capture_output=True)
+    assert here.returncode == 0  # this environment's haowu is still installed

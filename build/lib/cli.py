@@ -37,6 +37,7 @@ bench_app = typer.Typer(
 app.add_typer(bench_app, name="bench")
 
 F = TypeVar("F", bound=Callable[..., Any])
+PROMOTION_REFUSED = 3  # `haowu promote`: the gate said no (1 is an error, 0 promoted)
 
 PresetOpt = Annotated[str, typer.Option(help=f"scale preset: {' | '.join(PRESETS)}")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML file of setting overrides")]
@@ -109,7 +110,9 @@ def main(
 ) -> None:
     """Logs go to stderr in one format with ISO-8601 times; results go to stdout."""
     from features import logs
+    from features.threads import yield_when_waiting
 
+    yield_when_waiting()  # before torch, FAISS or BLAS start their OpenMP threads
     if log_format not in ("text", "json"):
         raise typer.BadParameter("text or json", param_hint="--log-format")
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
@@ -211,7 +214,7 @@ def pipeline(
 
     from features.synthetic import generate as run_generate
     from features.validate import validate_dir
-    from models.artifacts import PipelineLayout
+    from models.artifacts import MATCHING_MODEL, TIER_MODEL, PipelineLayout
     from serving.batch.job import ListsRequest
     from serving.batch.job import run as run_recommend
     from serving.brokers.job import run as run_brokers
@@ -229,11 +232,15 @@ def pipeline(
     def promote_both() -> dict[str, Any]:
         return {
             name: promote_run_dir(name, folder, cfg.registry)
-            for name, folder in (("haowu-tier", d.tier), ("haowu-matching", d.matching))
+            for name, folder in ((TIER_MODEL, d.tier), (MATCHING_MODEL, d.matching))
         }
 
+    # after the gate, the lists and the broker matches come from the registry's champions
+    alias = cfg.registry.champion_alias
+    champion, champion_tiers = f"models:/{MATCHING_MODEL}@{alias}", f"models:/{TIER_MODEL}@{alias}"
+
     def recommend(direction: str, target: Path) -> Callable[[], dict[str, Any]]:
-        request = ListsRequest(d.data, str(d.matching), str(d.tier), direction=direction)
+        request = ListsRequest(d.data, champion, champion_tiers, direction=direction)
         return lambda: run_recommend(cfg, request, target, overwrite=True, progress=False)
 
     steps = [
@@ -248,10 +255,17 @@ def pipeline(
             lambda: {k: r.rows for k, r in validate_dir(d.data).items()},
             data_dir=d.data,
         ),
-        Step("train-tier", lambda: run_tier(cfg, d.data, d.tier, overwrite=True), own_run=True),
+        # the validate step has checked every table the two training jobs read
+        Step(
+            "train-tier",
+            lambda: run_tier(cfg, d.data, d.tier, overwrite=True, validate=False),
+            own_run=True,
+        ),
         Step(
             "train-matching",
-            lambda: run_matching(cfg, d.data, d.matching, tiers=d.tier, overwrite=True),
+            lambda: run_matching(
+                cfg, d.data, d.matching, tiers=d.tier, overwrite=True, validate=False
+            ),
             own_run=True,
         ),
         Step("promote", promote_both, params={"gates": cfg.registry.gates}),
@@ -259,7 +273,9 @@ def pipeline(
         Step("recommend-product", recommend("product", d.product_lists), data_dir=d.data),
         Step(
             "match-brokers",
-            lambda: run_brokers(cfg, d.data, d.matching, d.brokers, tiers=d.tier, overwrite=True),
+            lambda: run_brokers(
+                cfg, d.data, champion, d.brokers, tiers=champion_tiers, overwrite=True
+            ),
             data_dir=d.data,
         ),
         Step("report", lambda: {"bytes": build_report(out).stat().st_size}),
@@ -521,9 +537,9 @@ def promote(
     cfg = settings(preset, config, set_)
     try:
         result = run_promote(model, _run_id(run), cfg.registry, force=force, reason=reason)
-    except PromotionRefused as exc:
+    except PromotionRefused as exc:  # a verdict, not a crash: its own exit code
         typer.secho(str(exc), fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from None
+        raise typer.Exit(PROMOTION_REFUSED) from None
     if result.rows:
         typer.echo(result.table)
     was = f"(was v{result.previous})" if result.previous else "(first champion)"
@@ -855,3 +871,38 @@ def bench_serve(
     show(result)
     if out is not None:
         write_json(result, out)
+
+
+@bench_app.command("quality")
+@fails_cleanly
+def bench_quality(
+    log_: Annotated[
+        list[str],
+        typer.Option(
+            "--log",
+            help="NAME=FORMAT:DIR, FORMAT lastfm (train/test.txt, user item count), beauty "
+            "(train.txt user:item item ..., test.txt user:item) or pairs (a data folder)",
+        ),
+    ],
+    out: Annotated[Path | None, typer.Option(help="write the figures as JSON here")] = None,
+    models: Annotated[
+        str, typer.Option(help="comma list of two_tower, pop, itemknn, als, ease")
+    ] = "two_tower,pop,itemknn,als,ease",
+    preset: PresetOpt = "small",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Two-tower vs Pop / ItemKNN / ALS / EASE on real logs with their own test split:
+    every item ranked, training items masked; ALS and EASE tuned on a validation carved
+    from train. Prints one table per log."""
+    from features.io import write_json
+    from training.matching.quality import LogSpec, run_quality, table
+
+    specs = [LogSpec.parse(text) for text in log_]
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    result = run_quality(specs, settings(preset, config, set_), names)
+    for name, record in result.items():
+        typer.echo(table(name, record) + "\n")
+    if out is not None:
+        write_json(result, out)
+        typer.echo(f"wrote {out}")

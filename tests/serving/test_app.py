@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 from features.indicators import DIMENSIONS
 from features.io import read_table
 from features.settings import Settings, load_settings
+from features.version import haowu_version
 from models.artifacts import MODEL_DIGEST
 from serving.api.app import create_app, install_sighup
 from serving.online import lookup
@@ -136,7 +137,7 @@ def test_readyz_is_503_until_the_model_is_loaded(cfg: Settings, bundle: Bundle, 
 
     app = create_app(cfg, sources=bundle.sources, loader=slow_load)
     with TestClient(app) as c:
-        assert c.get("/healthz").json() == {"status": "ok"}
+        assert c.get("/healthz").json() == {"status": "ok", "version": haowu_version()}
         r = c.get("/readyz")
         assert r.status_code == 503 and r.json()["loading"] is True
         r = c.get(f"/creators/{_ids(bundle, 'creators', 1)[0]}/goods")

@@ -447,8 +447,11 @@ def test_bench_batch_command_prints_figures(tmp_path: Path) -> None:
 
 
 def test_progress_bar_counts_queries_with_rate_and_eta(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    _run(tmp_path / "quiet", progress=True, desc="creators")  # not a terminal: no frames
+    assert "q/s" not in capsys.readouterr().err
+    monkeypatch.setattr("features.logs.on_terminal", lambda: True)
     _run(tmp_path / "lists", progress=True, desc="creators")
     err = capsys.readouterr().err
     assert "creators" in err and f"{N}/{N}" in err and "q/s" in err

@@ -8,11 +8,12 @@ leave a half-written file: they write to a temporary name and rename.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -134,13 +135,65 @@ def write_part(df: pd.DataFrame, folder: Path, index: int) -> Path:
 
 
 def write_json(obj: Any, path: Path) -> Path:
-    """Write JSON atomically (temp + rename); used for manifests and metrics."""
+    """Write JSON atomically and durably; used for manifests and metrics.
+
+    The text goes to a temporary file of a unique name in the same folder (two writers
+    of one path never share a temporary file), is flushed to disk (fsync) and only then
+    renamed over `path`: a crash leaves the old file or the new one, never a torn or
+    empty one.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, _default_mode(0o666))
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
     return path
+
+
+DIGEST_CHUNK = 1 << 20  # files are hashed in 1 MiB reads: memory stays flat
+_DIGESTS: dict[tuple, str] = {}  # (paths, sizes, mtimes, inodes) -> digest, per process
+
+
+def files_digest(files: Iterable[tuple[str, Path]]) -> str:
+    """sha256 over named files' contents (name, size, then the bytes, streamed in 1 MiB
+    reads). The same unchanged files (path, size, mtime, inode) are hashed once per
+    process: a reload or a second job over the same folder does not read them again."""
+    files = sorted((str(name), Path(path)) for name, path in files)
+    stats = [(name, os.stat(path)) for name, path in files]
+    key = tuple(
+        (name, str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+        for (name, path), (_, st) in zip(files, stats, strict=True)
+    )
+    if key in _DIGESTS:
+        return _DIGESTS[key]
+    digest = hashlib.sha256()
+    buffer = bytearray(DIGEST_CHUNK)
+    view = memoryview(buffer)
+    for (name, path), (_, st) in zip(files, stats, strict=True):
+        digest.update(f"{name}\0{st.st_size}\0".encode())
+        with open(path, "rb", buffering=0) as handle:
+            while n := handle.readinto(buffer):
+                digest.update(view[:n])
+    _DIGESTS[key] = value = digest.hexdigest()
+    return value
+
+
+def table_files(root: Path, name: str) -> list[Path]:
+    """The Parquet file(s) holding table `name` under `root` (none when absent)."""
+    path = table_path(root, name)
+    if path is None:
+        return []
+    return sorted(path.glob("*.parquet")) if path.is_dir() else [path]
 
 
 def ensure_empty_output(path: Path, overwrite: bool) -> None:

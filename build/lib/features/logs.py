@@ -48,13 +48,26 @@ class JsonFormatter(IsoFormatter):
         return json.dumps(body, ensure_ascii=False)
 
 
+class StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is when a record is emitted (a test runner or a
+    daemon may swap it after logging was configured)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:  # StreamHandler.__init__ assigns it
+        pass
+
+
 def formatter(fmt: LogFormat) -> logging.Formatter:
     return JsonFormatter() if fmt == "json" else IsoFormatter(TEXT_FORMAT)
 
 
 def configure(level: int = logging.INFO, fmt: LogFormat = "text") -> None:
     """Route every logger (haowu's and the libraries') through one stderr handler."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = StderrHandler()
     handler.setFormatter(formatter(fmt))
     root = logging.getLogger()
     root.handlers[:] = [handler]

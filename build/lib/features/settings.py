@@ -116,6 +116,15 @@ class MatchingConfig(StrictModel):
     patience: int = Field(2, ge=0, description="epochs without val improvement before stopping")
     logq: bool = True
     extra_negatives: int = Field(0, ge=0, description="uniformly sampled negatives per batch")
+    loss: Literal["softmax", "cosine_contrastive"] = Field(
+        "softmax", description="in-batch sampled softmax, or SimpleX's cosine contrastive loss"
+    )
+    margin: float = Field(
+        0.9, ge=-1, lt=1, description="cosine_contrastive: negatives below it cost nothing"
+    )
+    neg_weight: float = Field(
+        1.0, gt=0, description="cosine_contrastive: weight of the mean negative term"
+    )
     max_train_pairs: int = Field(0, ge=0, description="sample this many training pairs (0 = all)")
     refit_all: bool = Field(True, description="refit the served model on every pair")
     # evaluation

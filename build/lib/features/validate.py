@@ -3,6 +3,11 @@
 Tables are streamed in batches, so validation of the `full` preset stays in bounded
 memory. The first violation raises a `ContractError` naming the table, file, column,
 rule and up to five offending rows.
+
+Before the schema, two checks on the values as stored: a float column holding inf or
+-inf (a range check lets +inf through `>= 0`), and an integer column stored as uint64
+with values above 2^63 - 1 (they would wrap to negative int64 IDs). The training jobs
+run the same checks on the tables they read (`validate_tables`) before writing anything.
 """
 
 from __future__ import annotations
@@ -16,7 +21,15 @@ import pandas as pd
 import pandera.errors as pae
 from tqdm import tqdm
 
-from features.contract import TABLES, VALIDATION_ORDER, TableSpec, normalise_dtypes
+from features.contract import (
+    FLOAT,
+    INT,
+    NULLABLE_INT,
+    TABLES,
+    VALIDATION_ORDER,
+    TableSpec,
+    normalise_dtypes,
+)
 from features.errors import ContractError, HaowuError
 from features.io import count_rows, iter_table, table_columns, table_path
 
@@ -44,6 +57,10 @@ def _schema_error(
     first = cases.iloc[0]
     column = first["column"] if isinstance(first["column"], str) else None
     check = str(first["check"])
+    hint = ""
+    if check.startswith("dtype") and column in batch.columns and _is_id(spec, column):
+        if batch[column].dtype.kind in "OSU" or str(batch[column].dtype) == "string":
+            hint = " (IDs are integers: map string IDs with `haowu import`)"
     same = cases[(cases["column"] == first["column"]) & (cases["check"] == first["check"])]
     index = same["index"].dropna()
     if len(index):
@@ -54,7 +71,7 @@ def _schema_error(
         )
         return ContractError(
             spec.name,
-            f"rule {check} violated",
+            f"rule {check} violated{hint}",
             column=column,
             rows=rows,
             path=str(path),
@@ -62,11 +79,17 @@ def _schema_error(
         )
     if check.startswith("dtype"):
         got = batch[column].dtype if column in batch.columns else "missing"
-        rule = f"wrong type: expected {spec.dtypes.get(column)}, got {got}"
+        rule = f"wrong type: expected {spec.dtypes.get(column)}, got {got}{hint}"
         sample = batch[[column]].head(MAX_ROWS_SHOWN).to_dict("records") if column in batch else []
         return ContractError(spec.name, rule, column=column, rows=sample, path=str(path))
     return ContractError(
         spec.name, f"rule {check} violated: {first['failure_case']}", column=column, path=str(path)
+    )
+
+
+def _is_id(spec: TableSpec, column: str) -> bool:
+    return spec.dtypes.get(column) in (INT, NULLABLE_INT) and (
+        column in spec.key or column in spec.references or column.endswith("_id")
     )
 
 
@@ -77,6 +100,32 @@ def check_schema(df: pd.DataFrame, spec: TableSpec, path: Path | str) -> None:
         spec.schema.validate(df, lazy=True)
     except pae.SchemaErrors as exc:
         raise _schema_error(spec, Path(path), df, exc) from None
+
+
+INT64_MAX = np.iinfo(np.int64).max
+
+
+def check_values(batch: pd.DataFrame, spec: TableSpec, path: Path | str) -> None:
+    """Values the schema's types and ranges would let through or silently change:
+    +-inf in a float column, integers above int64 in an int64 column stored as uint64."""
+    for name, want in spec.dtypes.items():
+        if name not in batch.columns:
+            continue
+        col = batch[name]
+        if want == FLOAT and col.dtype.kind == "f":
+            bad = np.isinf(col.to_numpy())
+            rule = "non-finite value (inf or -inf); a missing value is null, a number is finite"
+        elif want in (INT, NULLABLE_INT) and str(col.dtype) in ("uint64", "UInt64"):
+            values = col.to_numpy(dtype=np.uint64, na_value=0)
+            bad = values > np.uint64(INT64_MAX)
+            rule = f"value above {INT64_MAX} (2^63 - 1): IDs and counts must fit int64"
+        else:
+            continue
+        if bad.any():
+            raise ContractError(
+                spec.name, rule, column=name, rows=_records(batch, bad), path=str(path),
+                total=int(bad.sum()),
+            )  # fmt: skip
 
 
 def _key_hash(batch: pd.DataFrame, key: tuple[str, ...]) -> np.ndarray:
@@ -161,6 +210,7 @@ def validate_table(
         disable=total < 5 * batch_rows,
     )
     for batch in iter_table(root, spec.name, batch_rows=batch_rows):
+        check_values(batch, spec, path)
         batch = normalise_dtypes(batch, spec)
         check_schema(batch, spec, path)
         if spec.unique_key:
@@ -198,6 +248,17 @@ def validate_dir(root: Path, batch_rows: int = 2_000_000) -> dict[str, TableRepo
             f"no contract tables in {root}; expected some of "
             f"{', '.join(VALIDATION_ORDER)} (.parquet)"
         )
+    return validate_tables(root, present, batch_rows)
+
+
+def validate_tables(
+    root: Path, names: tuple[str, ...] | list[str], batch_rows: int = 2_000_000
+) -> dict[str, TableReport]:
+    """Validate the named tables present under `root` (a job's inputs), streamed, in
+    dependency order: references between them are checked (e.g. interactions ->
+    products), references to tables not named are not. Raises on the first violation."""
+    root = Path(root)
+    present = [n for n in VALIDATION_ORDER if n in names and table_path(root, n) is not None]
     keys: dict[str, np.ndarray] = {}
     reports: dict[str, TableReport] = {}
     for name in present:

@@ -8,10 +8,16 @@ opens them through the openers below, so a layout change is made in one place.
       model/                  recommender.json creator_ids.npy product_ids.npy
                               products.parquet creator_embeddings.npy product_embeddings.npy
                               weights.pt model_config.json matching_config.json
-                              encoders.json id_maps/ index/
+                              encoders.json id_maps/ index/ digest.json
     train-tier RUN_DIR/       run.json metrics.json tiers.parquet model/
     pipeline DIR/             data/ tier/ matching/ lists/{creator,product}/ brokers/
                               report.html summary.json .steps/
+    recommend OUT/            part-NNNNN.parquet _job.json _SUCCESS, _lock while running
+
+A model's identity is its content: `model_digest(folder)` (sha256 of the files the model
+is made of, kept in `model/digest.json` so a 10M-row model is hashed once). The batch
+job writes it into its `_SUCCESS` manifest, and the service uses batch lists only when
+their `model_digest` is the served model's.
 
 The files inside `model/` that only one model class reads and writes (`recommender.json`,
 the embeddings, the two-tower's weights, configs and encoders) are named by that class
@@ -52,11 +58,14 @@ CREATOR_IDS = "creator_ids.npy"
 PRODUCT_IDS = "product_ids.npy"
 PRODUCT_INFO = "products.parquet"
 INDEX_DIR = "index"
+SERVING_DEFAULTS = "serving.json"  # model/: the data, tiers, index and policy it was made for
 TIERS = "tiers.parquet"
 SUCCESS = "_SUCCESS"
 SUMMARY = "summary.json"
 MATCHES = "matches.parquet"
 BROKER_SUMMARY = "broker_summary.parquet"
+MODEL_DIGEST = "digest.json"
+BATCH_LOCK = "_lock"
 
 REGISTRY_PREFIX = "models:/"
 MATCHING_MODEL = "haowu-matching"
@@ -147,6 +156,17 @@ def import_mlflow() -> Any:
     import mlflow
 
     return mlflow
+
+
+def registry_lock_path(uri: str, name: str) -> Path:
+    """The lock file serialising promote/rollback of registered model `name` in store
+    `uri` on this machine: beside a SQLite store's file, else in the haowu cache."""
+    import hashlib
+
+    key = hashlib.sha256(f"{uri}\0{name}".encode()).hexdigest()[:16]
+    prefix = "sqlite:///"
+    folder = Path(uri[len(prefix) :]).parent if uri.startswith(prefix) else default_cache().parent
+    return folder / f".haowu-registry-{key}.lock"
 
 
 def is_registry_uri(ref: str | Path) -> bool:
@@ -414,3 +434,70 @@ def job_inputs(
         raise ArtifactError(f"give {' and '.join(missing)}, or --from a pipeline folder")
     assert data is not None and model is not None
     return JobInputs(Path(data), str(model), str(tiers) if tiers is not None else None)
+
+
+# --- content digests -----------------------------------------------------------------------
+def _model_files(folder: Path) -> list[tuple[str, Path]]:
+    """What a model is made of: the files of its folder and its ID maps; not the saved
+    indexes (built from the vectors on first use), the digest itself or hidden files."""
+    from features.idmap import ID_MAPS_DIR
+
+    found = []
+    for base in (folder, folder / ID_MAPS_DIR):
+        if base.is_dir():
+            for path in base.iterdir():
+                if path.is_file() and not path.name.startswith(".") and path.name != MODEL_DIGEST:
+                    found.append((str(path.relative_to(folder)), path))
+    return sorted(found)
+
+
+def model_digest(folder: str | Path) -> str:
+    """sha256 of a matching model's content (embeddings, IDs, weights, configs, ID maps).
+
+    Stored beside the model (`digest.json`, with each file's size and modification time)
+    and reused while the files are unchanged, so a 10M-row model is read for it once; a
+    copy (the registry's download) gets the same digest. A retrain into the same folder
+    changes it."""
+    from features.io import files_digest, write_json
+
+    folder = matching_model_folder(Path(folder))
+    files = _model_files(folder)
+    stamp = [[name, path.stat().st_size, path.stat().st_mtime_ns] for name, path in files]
+    stored = folder / MODEL_DIGEST
+    try:
+        doc = json.loads(stored.read_text())
+        if doc.get("files") == stamp and isinstance(doc.get("sha256"), str):
+            return doc["sha256"]
+    except (OSError, ValueError, AttributeError):
+        pass
+    digest = files_digest(files)
+    try:
+        write_json({"sha256": digest, "files": stamp}, stored)
+    except OSError:  # a read-only model folder: hashed again next time
+        pass
+    return digest
+
+
+def data_digest(data_dir: str | Path) -> str:
+    """sha256 of a data folder's contract tables and ID maps (their Parquet bytes)."""
+    from features.contract import TABLES
+    from features.idmap import ID_MAPS_DIR
+    from features.io import files_digest, table_files
+
+    root = Path(data_dir)
+    files = [
+        (f"{name}/{path.name}", path) for name in sorted(TABLES) for path in table_files(root, name)
+    ]
+    maps = root / ID_MAPS_DIR
+    if maps.is_dir():
+        files += [(f"{ID_MAPS_DIR}/{p.name}", p) for p in sorted(maps.glob("*.parquet"))]
+    return files_digest(files)
+
+
+def tiers_digest(ref: str | Path | None) -> str | None:
+    """sha256 of a tier run's `tiers.parquet` (folder or registry URI); None without one."""
+    from features.io import files_digest
+
+    if ref is None:
+        return None
+    return files_digest([(TIERS, open_tier_run(ref).tiers)])

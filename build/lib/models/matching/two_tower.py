@@ -212,3 +212,45 @@ def in_batch_softmax_loss(
         logits = torch.cat([logits, extra_logits], dim=1)  # (B, B + M)
     target = torch.arange(batch, device=creator.device)
     return F.cross_entropy(logits, target)
+
+
+def cosine_contrastive_loss(
+    creator: torch.Tensor,
+    product: torch.Tensor,
+    margin: float,
+    neg_weight: float,
+    product_keys: torch.Tensor | None = None,
+    extra: torch.Tensor | None = None,
+    log_q: torch.Tensor | None = None,
+    extra_log_q: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """SimpleX's cosine contrastive loss (Mao et al., CIKM 2021) on unit-length towers:
+
+        (1 - cos(u, v+)) + neg_weight * mean over negatives of relu(cos(u, v-) - margin)
+
+    Row i's negatives are the other rows' products (minus accidental hits, as in the
+    softmax) plus the `extra` shared pool. Only negatives closer than `margin` cost
+    anything, so the many easy ones do not drown the hard ones. There is no temperature.
+
+    logQ: SimpleX means a mean over uniformly drawn goods, but in-batch negatives come in
+    proportion to popularity, which would push popular goods down. With `log_q` (log of
+    each candidate's expected count per batch) the mean is importance-weighted by
+    1 / q: a self-normalised estimate of the mean over the whole catalog.
+    """
+    batch = creator.shape[0]
+    positive = (creator * product).sum(dim=1)  # (B,)
+    penalty = F.relu(creator @ product.T - margin)  # (B, B)
+    valid = ~torch.eye(batch, dtype=torch.bool, device=creator.device)
+    if product_keys is not None:
+        valid &= product_keys[None, :] != product_keys[:, None]
+    weight = valid.to(penalty.dtype)
+    if log_q is not None:
+        weight = weight * torch.exp(-(log_q - log_q.min()))[None, :]  # shift: no overflow
+    if extra is not None:
+        extra_weight = torch.ones(batch, extra.shape[0], dtype=penalty.dtype)
+        if log_q is not None and extra_log_q is not None:
+            extra_weight = extra_weight * torch.exp(-(extra_log_q - log_q.min()))[None, :]
+        penalty = torch.cat([penalty, F.relu(creator @ extra.T - margin)], dim=1)
+        weight = torch.cat([weight, extra_weight], dim=1)  # (B, B + M)
+    negative = (penalty * weight).sum(dim=1) / weight.sum(dim=1).clamp(min=1e-12)
+    return ((1.0 - positive) + neg_weight * negative).mean()

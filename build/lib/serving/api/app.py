@@ -13,12 +13,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import signal
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
@@ -50,6 +52,19 @@ log = logging.getLogger(__name__)
 ENV_CONFIG = "HAOWU_SERVE_CONFIG"  # JSON handed to worker processes by `haowu serve`
 
 
+def _json_safe(value: Any) -> Any:
+    """`value` with every non-finite float spelled as the JSON text a client sends for it
+    ("NaN", "Infinity", "-Infinity"): a validation error echoes the input, and strict
+    JSON cannot carry those numbers (the answer would fail as a 500 instead of a 422)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(item) for item in value]
+    return value
+
+
 def _error(
     request: Request, status: int, code: str, detail: object, **headers: str
 ) -> JSONResponse:
@@ -58,7 +73,9 @@ def _error(
         "detail": detail,
         "request_id": request.scope.get("state", {}).get("request_id"),
     }
-    return JSONResponse(jsonable_encoder(body), status_code=status, headers=headers or None)
+    return JSONResponse(
+        _json_safe(jsonable_encoder(body)), status_code=status, headers=headers or None
+    )
 
 
 def _add_error_handlers(app: FastAPI) -> None:

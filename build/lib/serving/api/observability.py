@@ -113,6 +113,14 @@ class Metrics:
         self.reloads = Counter(
             "haowu_model_loads", "model (re)loads by outcome", ["result"], registry=reg
         )
+        self.batch_lists = Gauge(
+            "haowu_batch_lists_in_use",
+            "1 when the served model's batch lists answer this direction, 0 when answers "
+            "are live (no lists, or lists written by another model)",
+            ["direction"],
+            registry=reg,
+            multiprocess_mode="liveall",
+        )
 
     def model_swapped(self, bundle: Bundle) -> None:
         info = bundle.info
@@ -122,6 +130,9 @@ class Metrics:
         ).set(1)
         self.loaded_at.set(info.loaded_at)
         self.load_seconds.set(info.load_seconds)
+        for direction in ("creator", "product"):
+            in_use = bundle.lists_status.get(direction) == "batch"
+            self.batch_lists.labels(direction).set(1 if in_use else 0)
 
     def render(self) -> tuple[bytes, str]:
         registry = self.registry

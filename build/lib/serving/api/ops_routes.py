@@ -44,6 +44,7 @@ def model_status(bundle: Bundle | None) -> ModelStatus | None:
         name=info.name,
         version=info.version,
         run_id=info.run_id,
+        digest=bundle.model_digest,
         loaded_at=info.loaded_at,
         load_seconds=info.load_seconds,
     )
@@ -78,6 +79,7 @@ async def readyz(request: Request) -> Readiness:
             "brokers": bundle.brokers is not None,
             "towers": bundle.embedder is not None,
         }
+        answer.lists = dict(bundle.lists_status)
         answer.memory_bytes = bundle.memory()
         return answer
     return JSONResponse(answer.model_dump(), status_code=503)  # type: ignore[return-value]

@@ -32,7 +32,14 @@ import pandas as pd
 
 from features.errors import HaowuError
 from features.settings import Settings
-from models.artifacts import is_registry_uri
+from models.artifacts import (
+    data_digest,
+    is_registry_uri,
+    model_digest,
+    resolve_matching,
+    tiers_digest,
+)
+from models.retrieval.list_rows import creator_rows, goods_rows
 from serving.batch.shards import write_shards
 
 log = logging.getLogger(__name__)
@@ -41,25 +48,6 @@ DIRECTIONS = ("creator", "product")
 
 
 # ----------------------------------------------------------------- shard function
-def _why_goods(lists_frame: pd.DataFrame, new_product: np.ndarray) -> np.ndarray:
-    slot = np.where(
-        lists_frame["selected_slot"],
-        "Selected Goods share slot",
-        np.where(lists_frame["diversity_slot"], "category diversity slot", "score rank"),
-    ).astype(object)
-    boosted = lists_frame["selected_goods"].to_numpy() & ~lists_frame["selected_slot"].to_numpy()
-    slot[boosted] += "; Selected Goods boost"
-    slot[new_product] += "; new product, embedded from its features"
-    return slot
-
-
-def _why_creators(new_product: np.ndarray, new_creator: np.ndarray) -> np.ndarray:
-    why = np.full(len(new_product), "score rank", dtype=object)
-    why[new_product] += "; new product, embedded from its features"
-    why[new_creator] += "; new creator, embedded from its features"
-    return why
-
-
 @dataclass(frozen=True)
 class ListsRequest:
     """What one batch job writes: lists of `k` for every creator (or product) of `data`,
@@ -95,12 +83,17 @@ class ShardFn:
     """Query positions (0..n_queries-1) -> list rows; loads its `RetrievalRun` on first use
     (shared with the driver when both are one process). Picklable: the run is not pickled."""
 
-    def __init__(self, request: ListsRequest, cfg: Settings) -> None:
+    def __init__(
+        self, request: ListsRequest, cfg: Settings, content: dict[str, Any] | None = None
+    ) -> None:
         self.request, self.cfg = request, cfg
         self.k, self.direction = request.k, request.direction
+        # `content`: the digests of model, data and tiers, so that a run loaded before a
+        # retrain into the same folder is never reused for the new model
         self.key = json.dumps(
             [str(request.data.resolve()), request.model, request.tiers, request.exact,
-             cfg.index.model_dump(mode="json"), cfg.policy.model_dump(mode="json")],
+             cfg.index.model_dump(mode="json"), cfg.policy.model_dump(mode="json"),
+             content or {}],
             sort_keys=True,
         )  # fmt: skip
 
@@ -129,49 +122,36 @@ class ShardFn:
 
     def _goods(self, queries: np.ndarray) -> pd.DataFrame:
         run = self.run
-        positions = run.creators.queries[queries]
-        lists = run.goods_for_creators(positions, self.k)
-        frame = lists.to_frame(run.creators.ids.ids[positions], "creator_id")
-        product_pos = run.products.ids.positions(frame["product_id"].to_numpy())
-        frame["reason"] = _why_goods(frame, run.products.new[product_pos])
-        for column, dtype in (("tier", "Int8"), ("category_l1", "Int32")):  # -1: unknown
-            frame[column] = frame[column].astype(dtype).mask(frame[column] < 0)
-        frame["creator_id"] = run.external("creator", frame["creator_id"].to_numpy())
-        frame["product_id"] = run.external("product", frame["product_id"].to_numpy())
-        return frame
+        return goods_rows(run, run.creators.queries[queries], self.k)
 
     def _creators(self, queries: np.ndarray) -> pd.DataFrame:
         run = self.run
-        positions = run.products.queries[queries]
-        creator_ids, scores = run.creators_for_products(positions, self.k)
-        n, k = creator_ids.shape
-        keep = (creator_ids >= 0).ravel()
-        product_pos = np.repeat(positions, k)[keep]
-        creators = creator_ids.ravel()[keep]
-        creator_pos = run.creators.ids.positions(creators)
-        return pd.DataFrame(
-            {
-                "product_id": run.external("product", run.products.ids.ids[product_pos]),
-                "rank": np.tile(np.arange(1, k + 1), n)[keep],
-                "creator_id": run.external("creator", creators),
-                "score": scores.ravel()[keep].astype(np.float32),
-                "reason": _why_creators(
-                    run.products.new[product_pos], run.creators.new[creator_pos]
-                ),
-            }
-        )
+        return creator_rows(run, run.products.queries[queries], self.k)
 
     def __getstate__(self) -> dict[str, Any]:
         return dict(self.__dict__)  # the loaded run lives in _RUNS, never in the pickle
 
 
-def make_shard_fn(request: ListsRequest, cfg: Settings) -> ShardFn:
+def make_shard_fn(
+    request: ListsRequest, cfg: Settings, content: dict[str, Any] | None = None
+) -> ShardFn:
     """The shard function of one `haowu recommend` job: query positions -> rows.
 
-    `functools.partial(make_shard_fn, request, cfg)` is the picklable factory
+    `functools.partial(make_shard_fn, request, cfg, content)` is the picklable factory
     `write_shards` calls once per process; the first call in a process loads the run.
     """
-    return ShardFn(request, cfg)
+    return ShardFn(request, cfg, content)
+
+
+def content_digests(request: ListsRequest) -> dict[str, str | None]:
+    """What the lists are computed from, by content: the model (its folder, or the
+    version a registry URI names now), the data tables and the tiers."""
+    folder = resolve_matching(request.model).info.folder
+    return {
+        "model_digest": model_digest(folder),
+        "data_digest": data_digest(request.data),
+        "tiers_digest": tiers_digest(request.tiers),
+    }
 
 
 # -------------------------------------------------------------------------- driver
@@ -189,12 +169,17 @@ def run(
     """Write top-k lists for every creator (or product); returns the `_SUCCESS` manifest.
 
     A rerun of the same job resumes (finished parts are kept); `overwrite` starts over.
+    The same job means the same model content (`model_digest`), data and tiers content,
+    k, direction, policy and index: anything else is refused unless `overwrite`.
     """
     started = time.perf_counter()
     k, direction = request.k, request.direction
-    factory = functools.partial(make_shard_fn, request, cfg)
+    content = content_digests(request)
+    factory = functools.partial(make_shard_fn, request, cfg, content)
     shard = factory()
     retrieval = shard.run
+    if model_digest(retrieval.folder) != content["model_digest"]:  # an alias moved meanwhile
+        raise HaowuError(f"{request.model} changed while the job started; run it again")
     n_items = len(retrieval.products) if direction == "creator" else len(retrieval.creators)
     if k > n_items:
         what = "goods" if direction == "creator" else "creators"
@@ -202,11 +187,16 @@ def run(
     retrieval.index("products" if direction == "creator" else "creators")  # built once, here
     engine = engine or cfg.batch.engine
     workers = workers or cfg.batch.workers
+    # the identity covers content, not only paths: a retrain into the same model folder,
+    # new data or new tiers make another job, whose lists the old parts are not
     manifest = {
         "job": "recommend",
         "model": str(retrieval.folder.resolve()),
+        "model_uri": request.model,  # as asked: a folder or models:/NAME@ALIAS
+        "model_version": retrieval.info.label if retrieval.info else None,
         "data": str(request.data.resolve()),
         "tiers": _absolute(request.tiers),
+        **content,
         "direction": direction,
         "k": k,
         "exact": request.exact,

@@ -9,6 +9,8 @@
                              written to a temporary name and renamed: a part present is
                              a part complete
     OUT/_SUCCESS             last: the manifest (identity + counts, time, peak RSS, CPU)
+    OUT/_lock                while a run is on: one run per folder (serving/batch/folder_lock.py);
+                             a second run fails at once naming the holder's pid, host, start
 
 A part depends only on the job and its query range, so a rerun keeps the parts present
 and computes the missing ones; a SIGKILL at any point loses only the parts in flight.
@@ -42,7 +44,8 @@ import pyarrow.parquet as pq
 from features.errors import HaowuError, OutputExistsError
 from features.io import write_json
 from features.logs import progress_bar
-from models.artifacts import SUCCESS
+from models.artifacts import BATCH_LOCK, SUCCESS
+from serving.batch.folder_lock import output_lock
 from serving.batch.parts import (
     OnDone,
     OutputWriteError,
@@ -65,7 +68,7 @@ _PART = re.compile(r"part-(\d{5,})\.parquet")
 
 # ------------------------------------------------------------- the job folder
 def _is_ours(name: str) -> bool:
-    return name in (JOB_FILE, SUCCESS) or bool(_PART.fullmatch(name)) or _is_temp(name)
+    return name in (JOB_FILE, SUCCESS, BATCH_LOCK) or bool(_PART.fullmatch(name)) or _is_temp(name)
 
 
 def _is_temp(name: str) -> bool:
@@ -81,12 +84,20 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
+# what a reader most needs to know changed comes first in the refusal
+_FIRST = ("model_digest", "data_digest", "tiers_digest", "k", "direction", "policy")
+
+
 def _differences(held: dict[str, Any], wanted: dict[str, Any]) -> str:
-    keys = sorted(set(held) | set(wanted), key=str)
+    keys = sorted(set(held) | set(wanted), key=lambda k: (_rank(k), str(k)))
     diffs = [
         f"{k}: {held.get(k)!r} vs {wanted.get(k)!r}" for k in keys if held.get(k) != wanted.get(k)
     ]
     return "; ".join(diffs[:4]) or "unknown"
+
+
+def _rank(key: Any) -> int:
+    return _FIRST.index(key) if key in _FIRST else len(_FIRST)
 
 
 def prepare_output(out: Path, identity: dict[str, Any], force: bool) -> set[int]:
@@ -262,6 +273,27 @@ def write_shards(
     if engine == "ray":
         require_ray()
     out = Path(out)
+    with output_lock(out, desc or "batch job"):  # one run per folder, held to the end
+        return _write_shards(
+            n_queries, make_shard_fn, out, shard_size, manifest, force, engine, workers,
+            progress, cores, desc,
+        )  # fmt: skip
+
+
+def _write_shards(
+    n_queries: int,
+    make_shard_fn: ShardFactory,
+    out: Path,
+    shard_size: int,
+    manifest: dict[str, Any],
+    force: bool,
+    engine: Literal["local", "ray"],
+    workers: int,
+    progress: bool,
+    cores: int | None,
+    desc: str | None,
+) -> dict[str, Any]:
+    """`write_shards` once OUT's lock is held."""
     started, started_at = time.perf_counter(), _now()
     plan = shards(n_queries, shard_size)
     identity = _identity(manifest, n_queries, shard_size)

@@ -46,6 +46,16 @@ def _column(table: pa.Table, name: str) -> np.ndarray:
     return table.column(name).to_numpy()
 
 
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """A lists folder's `_SUCCESS` manifest (the batch job's identity, `model_digest`
+    included); empty when the folder holds no complete lists or it cannot be read."""
+    try:
+        doc = json.loads((Path(folder) / SUCCESS).read_text() or "{}")
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
 class ListStore:
     """Every query's top-K list of one direction, keyed by query position."""
 
@@ -95,7 +105,7 @@ class ListStore:
         folder = Path(folder)
         if not (folder / SUCCESS).is_file():
             raise HaowuError(f"{folder} holds no complete batch lists ({SUCCESS} missing)")
-        manifest = json.loads((folder / SUCCESS).read_text() or "{}")
+        manifest = read_manifest(folder)
         if manifest.get("direction", direction) != direction:
             raise HaowuError(f"{folder} holds {manifest['direction']} lists, not {direction}")
         query_col, item_col = DIRECTIONS[direction]

@@ -8,6 +8,12 @@ out), the same catalog and policy, and the same saved indexes (`MODEL/index/*`, 
 and tuned on first use), so a live answer is the batch job's answer. Around it: the
 towers for newcomers sent in a request, the goods each creator already promoted (both
 ways), the tier table, the batch lists (by position) and the broker matches.
+
+Batch lists belong to the model that wrote them: their `_SUCCESS` manifest names its
+`model_digest` (models/artifacts.py). They are served only when it is the served
+model's digest; otherwise (a retrain or a new champion whose lists are not written
+yet) the service answers live, logs a warning naming both digests, and says so in
+/readyz (`lists`) and /metrics (`haowu_batch_lists_in_use`).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from models.artifacts import (
     SUCCESS,
     TIERS,
     ModelInfo,
+    model_digest,
     open_tier_run,
     resolve_matching,
 )
@@ -45,7 +52,7 @@ from models.retrieval.directions import GoodsRetriever
 from models.retrieval.index import EmbeddingIndex
 from models.retrieval.index_kinds import set_threads
 from models.retrieval.run import RetrievalRun, Side
-from serving.online.batch_lists import ListStore
+from serving.online.batch_lists import ListStore, read_manifest
 from serving.online.broker_matches import BrokerMatchStore
 from serving.online.sources import ServeSources
 from serving.online.tier_lookup import TierTable
@@ -83,6 +90,9 @@ class Bundle:
     merchants: pd.DataFrame | None  # merchant_id -> features a new product inherits
     seconds: dict[str, float]
     part_keys: dict[str, tuple] = dataclasses.field(default_factory=dict)  # see `_Parts`
+    model_digest: str | None = None  # the served model's content (models/artifacts.py)
+    # per direction: "batch", or "live (why)" when its batch lists are not served
+    lists_status: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def selected_tier(self) -> int:
@@ -244,18 +254,43 @@ def load_bundle(sources: ServeSources, cfg: Settings, previous: Bundle | None = 
     creator_pos = _to_positions(creators, run.maps.get("creator"))
     product_pos = _to_positions(products, run.maps.get("product"))
     sides = (_side_key(creators), _side_key(products))
+    digest = model_digest(folder)
+    lists_status: dict[str, str] = {}
 
-    def lists_key(folder: Path | None, use: bool) -> tuple | None:
-        return (*_stat(folder / SUCCESS), *sides) if folder is not None and use else None
+    def lists_key(direction: str, lists_dir: Path | None, use: bool) -> tuple | None:
+        """The part key of these lists, or None (answer live) when there are none, they
+        are turned off, or another model wrote them."""
+        if lists_dir is None or not use:
+            lists_status[direction] = "live (no batch lists)" if use else "live (turned off)"
+            return None
+        manifest = read_manifest(lists_dir)
+        if not manifest:
+            lists_status[direction] = f"live (no complete batch lists in {lists_dir})"
+            log.warning("%s holds no complete batch lists (%s): answering live", lists_dir, SUCCESS)
+            return None
+        written = manifest.get("model_digest")
+        if written != digest:
+            lists_status[direction] = (
+                f"live (lists were written by model {str(written)[:12]}, "
+                f"serving model {digest[:12]})"
+            )
+            log.warning(
+                "%s lists in %s were written by model %s, not the served model %s: "
+                "answering live until lists of this model are written",
+                direction, lists_dir, written or "unknown (no model_digest)", digest,
+            )  # fmt: skip
+            return None
+        lists_status[direction] = "batch"
+        return (*_stat(lists_dir / SUCCESS), *sides, digest)
 
     lists = parts.get(
         "lists",
-        lists_key(sources.lists, cfg.serve.use_batch_lists),
+        lists_key("creator", sources.lists, cfg.serve.use_batch_lists),
         partial(ListStore.load, sources.lists, creator_pos, product_pos, "creator"),
     )
     product_lists = parts.get(
         "product_lists",
-        lists_key(sources.product_lists, cfg.serve.use_product_lists),
+        lists_key("product", sources.product_lists, cfg.serve.use_product_lists),
         partial(ListStore.load, sources.product_lists, product_pos, creator_pos, "product"),
     )
     brokers = parts.get(
@@ -293,4 +328,6 @@ def load_bundle(sources: ServeSources, cfg: Settings, previous: Bundle | None = 
         merchants=merchants,
         seconds=seconds,
         part_keys=parts.keys,
+        model_digest=digest,
+        lists_status=lists_status,
     )

@@ -161,6 +161,7 @@ class ModelStatus(BaseModel):
     name: str | None
     version: str | None
     run_id: str | None
+    digest: str | None = Field(None, description="sha256 of the model's content")
     loaded_at: float
     load_seconds: float
 
@@ -170,6 +171,11 @@ class Readiness(BaseModel):
     loading: bool
     model: ModelStatus | None = None
     parts: dict[str, bool] = Field(default_factory=dict, description="optional parts loaded")
+    lists: dict[str, str] = Field(
+        default_factory=dict,
+        description='per direction (creator, product): "batch" when the batch lists of the '
+        'served model answer, else "live (why)", e.g. lists written by another model',
+    )
     reloads: int = 0
     last_error: str | None = None
     memory_bytes: dict[str, int] = Field(

@@ -19,6 +19,30 @@ from models.tier.model import FEATURES, TierModel
 
 log = logging.getLogger(__name__)
 
+# A registered model carries haowu's own code (no index serves haowu) and names the
+# distributions that code imports, pinned to the versions it was trained with.
+CODE_PATHS = [str(Path(__file__).resolve().parents[2] / pkg) for pkg in ("features", "models")]
+COMMON_NEEDS = ("mlflow", "numpy", "pandas", "pyarrow", "pydantic", "pyyaml", "scipy")
+MATCHING_NEEDS = (*COMMON_NEEDS, "torch", "faiss-cpu", "implicit")
+TIER_NEEDS = (*COMMON_NEEDS, "lightgbm")
+CHALLENGER = "challenger"  # every new candidate; the promotion gate moves `champion`
+
+
+def requirements(names: tuple[str, ...]) -> list[str]:
+    """`name==version` of each installed distribution the model's code imports."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in names]
+
+
+def mark_challenger(registered_name: str | None, version: Any) -> None:
+    """Point the `challenger` alias at a freshly registered version."""
+    if registered_name is None or version is None:
+        return
+    from mlflow import MlflowClient
+
+    MlflowClient().set_registered_model_alias(registered_name, CHALLENGER, str(version))
+
 
 def log_tier_model(
     model: TierModel, model_dir: Path, example: pd.DataFrame, registered_name: str | None
@@ -41,15 +65,19 @@ def log_tier_model(
         for c in signature.inputs.inputs
     ]
     signature.inputs = Schema(inputs)
-    return import_mlflow().pyfunc.log_model(
+    info = import_mlflow().pyfunc.log_model(
         name="model",
         python_model=tier_pyfunc.__file__,
         artifacts={tier_pyfunc.ARTIFACT: str(model_dir)},
         signature=signature,
         input_example=x,
         registered_model_name=registered_name,
+        code_paths=CODE_PATHS,
+        pip_requirements=requirements(TIER_NEEDS),
         metadata={"cuts": model.cuts.tolist(), "base": model.base, "ordinal": model.params.ordinal},
     )
+    mark_challenger(registered_name, getattr(info, "registered_model_version", None))
+    return info
 
 
 def log_matching_model(model_dir: Path, registered_name: str | None) -> str | None:
@@ -65,8 +93,9 @@ def log_matching_model(model_dir: Path, registered_name: str | None) -> str | No
     if example_model.external_creators is not None:
         ids = example_model.external_creators.to_external(ids)
     example = pd.DataFrame({"creator_id": ids})
-    output = example_model.predict(None, example, {"k": 3})
-    signature = infer_signature(example, output, params={"k": 10})
+    # the raw output's columns (the policy's needs the data loaded; it adds columns)
+    output = example_model.predict(None, example, {"k": 3, "policy": False})
+    signature = infer_signature(example, output, params=matching_pyfunc.PARAMS)
     info = mlflow.pyfunc.log_model(
         name="model",
         python_model=matching_pyfunc.__file__,
@@ -74,8 +103,10 @@ def log_matching_model(model_dir: Path, registered_name: str | None) -> str | No
         signature=signature,
         input_example=example,
         registered_model_name=registered_name,
-        pip_requirements=["haowu"],
+        code_paths=CODE_PATHS,
+        pip_requirements=requirements(MATCHING_NEEDS),
     )
     version = getattr(info, "registered_model_version", None)
+    mark_challenger(registered_name, version)
     log.info("logged pyfunc %s (registered %s v%s)", info.model_uri, registered_name, version)
     return str(version) if version is not None else None

@@ -3,13 +3,20 @@
 The batch job and the service load `models:/NAME@champion`, so a model reaches them
 only through `promote`, which compares the challenger with the current champion on the
 gate metrics, on the same data fingerprint. Every change of champion is appended to a
-history tag on the registered model, which is what `rollback` walks back.
+history tag on the registered model, which is what `rollback` walks back. That tag is
+read, changed and written back, so promote and rollback of one model hold a file lock
+(`registry_lock_path`): two at once on this machine run one after the other instead of
+losing one's change.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,13 +24,14 @@ from typing import Any
 
 from features.errors import HaowuError
 from features.settings import RegistryConfig
-from models.artifacts import RUN_META
-from training.lifecycle.tracking import configure, metric_key
+from models.artifacts import RUN_META, registry_lock_path
+from training.lifecycle.tracking import configure, metric_key, tracking_uri
 
 log = logging.getLogger(__name__)
 
 HISTORY_TAG = "haowu.champion_history"
 FINGERPRINT_TAG = "haowu.data_fingerprint"
+LOCK_WAIT_S = 120.0
 
 
 class PromotionRefused(HaowuError):
@@ -102,6 +110,30 @@ def _champion_version(client, name: str, alias: str):
         return None
 
 
+@contextlib.contextmanager
+def _exclusive(name: str, wait_s: float | None = None) -> Iterator[None]:
+    """Hold the champion-history lock of `name` (waiting up to `wait_s` for it)."""
+    path = registry_lock_path(tracking_uri(), name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + (LOCK_WAIT_S if wait_s is None else wait_s)
+    with open(path, "a") as handle:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise HaowuError(
+                        f"another promote or rollback of {name!r} has held {path} for too "
+                        "long; try again when it has finished"
+                    ) from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _history(client, name: str) -> list[str]:
     from mlflow.exceptions import MlflowException
 
@@ -148,6 +180,20 @@ def promote(
         raise HaowuError("--force needs --reason: say why the gate is overridden")
     client = _client()
     challenger = _challenger_version(client, name, run_id)
+    with _exclusive(name):  # the champion and its history, read to written
+        return _promote(client, name, run_id, challenger, cfg, force, reason)
+
+
+def _promote(
+    client: Any,
+    name: str,
+    run_id: str,
+    challenger: Any,
+    cfg: RegistryConfig,
+    force: bool,
+    reason: str | None,
+) -> Promotion:
+    """`promote` once the champion-history lock is held."""
     champion = _champion_version(client, name, cfg.champion_alias)
     history = _history(client, name)
     if champion is not None and champion.version == challenger.version:
@@ -223,11 +269,12 @@ def promote_run_dir(name: str, run_dir: Path, cfg: RegistryConfig) -> dict[str, 
 def rollback(name: str, cfg: RegistryConfig) -> tuple[str, str]:
     """Restore the champion before the current one; returns (from_version, to_version)."""
     client = _client()
-    history = _history(client, name)
-    current = _champion_version(client, name, cfg.champion_alias)
-    if current is None or len(history) < 2:
-        raise HaowuError(f"model {name!r} has no previous champion to roll back to")
-    history.pop()
-    previous = history[-1]
-    _set_champion(client, name, previous, cfg.champion_alias, history)
+    with _exclusive(name):
+        history = _history(client, name)
+        current = _champion_version(client, name, cfg.champion_alias)
+        if current is None or len(history) < 2:
+            raise HaowuError(f"model {name!r} has no previous champion to roll back to")
+        history.pop()
+        previous = history[-1]
+        _set_champion(client, name, previous, cfg.champion_alias, history)
     return str(current.version), previous

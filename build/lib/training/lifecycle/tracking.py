@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import subprocess
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -177,7 +178,22 @@ def job_run(
     nested = mlflow.active_run() is not None
     with mlflow.start_run(run_name=job, nested=nested, tags=all_tags) as run:
         mlflow.log_params(flatten(params))
+        if data_dir is not None and "haowu.data_fingerprint" in all_tags:
+            log_dataset(Path(data_dir), all_tags["haowu.data_fingerprint"])  # type: ignore[arg-type]
         yield run
+
+
+def log_dataset(data_dir: Path, fingerprint: str) -> None:
+    """The data folder as the run's input dataset (MLflow's Datasets tab), by fingerprint."""
+    mlflow = _mlflow()
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    with warnings.catch_warnings():  # MLflow warns that a local path is a local source
+        warnings.simplefilter("ignore")
+        source = resolve_dataset_source(str(Path(data_dir).resolve()))
+    dataset = MetaDataset(source, name=Path(data_dir).name, digest=fingerprint)
+    mlflow.log_input(dataset, context="training")
 
 
 @contextlib.contextmanager

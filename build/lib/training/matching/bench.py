@@ -120,6 +120,7 @@ def bench_epoch(cfg: Settings, steps: int = 20, seed: int = 0) -> dict[str, Any]
             log_q[p] if mcfg.logq else None,
             negatives,
             neg_log_q if mcfg.logq else None,
+            mcfg,
         )
         if step >= 2:  # the first steps pay for allocation
             timings.append(time.perf_counter() - start)

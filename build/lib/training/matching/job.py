@@ -20,6 +20,7 @@ Run folder (the artifact contract, also what `haowu recommend --model` reads):
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 import time
@@ -39,14 +40,19 @@ from features.matching_data import (
     product_frame,
 )
 from features.settings import MatchingConfig, Settings
+from features.validate import validate_tables
 from models.artifacts import (
     CREATOR_IDS,
     HISTORY,
     METRICS,
+    MODEL_DIR,
     PRODUCT_IDS,
     PRODUCT_INFO,
     RUN_DIR_TAG,
     RUN_META,
+    SERVING_DEFAULTS,
+    model_digest,
+    open_tier_run,
     read_tiers,
 )
 from models.matching.baselines import (
@@ -67,6 +73,8 @@ log = logging.getLogger(__name__)
 
 MODEL = "two_tower"
 REGISTERED_NAME = "haowu-matching"
+# what the job reads, validated before anything is written (features/validate.py)
+INPUT_TABLES = ("merchants", "creators", "products", "product_stats", "interactions")
 PROTOCOL_PREFIX = {"random": "", "time": "time_", "cold": "cold_"}
 
 
@@ -106,6 +114,7 @@ class MatchingJob:
         self.data_dir, self.progress = Path(data_dir), progress
         self.inter: Interactions = load_interactions(self.data_dir)
         self.tiers = read_tiers(tiers)
+        self.tiers_ref = str(open_tier_run(tiers).root.resolve()) if tiers is not None else None
         self.creator_frame = creator_frame(self.data_dir, self.inter.creators)
         self.product_frame = product_frame(self.data_dir, self.inter.products, self.tiers)
         leaf = self.product_frame.get("category_l3")
@@ -119,15 +128,37 @@ class MatchingJob:
             if OracleRecommender.available(self.data_dir)
             else None
         )
+        self._reset()
+
+    @classmethod
+    def from_interactions(
+        cls, cfg: Settings, inter: Interactions, progress: bool = False
+    ) -> MatchingJob:
+        """A job on pairs read elsewhere (a public log's text files): ID-only (no side
+        tables, no categories, no oracle), the same two-tower and baselines."""
+        job = cls.__new__(cls)
+        job.cfg, job.mcfg, job.progress = cfg, cfg.matching, progress
+        job.data_dir, job.inter, job.tiers = None, inter, None
+        job.creator_frame = pd.DataFrame(index=np.arange(len(inter.creators)))
+        job.product_frame = pd.DataFrame(index=np.arange(len(inter.products)))
+        job.categories, job.oracle = None, None
+        job._reset()
+        return job
+
+    def _reset(self) -> None:
         self.results: dict[str, dict[str, EvalResult]] = {}
         self.history: dict[str, list[dict[str, float]]] = {}
         self.timings: dict[str, float] = {}
         self.best_epoch = self.mcfg.epochs
 
-    def two_tower(self, cfg: MatchingConfig | None = None) -> TwoTowerTrainer:
-        return TwoTowerTrainer(
+    def two_tower(self, cfg: MatchingConfig | None = None, curve: str = "") -> TwoTowerTrainer:
+        """A trainer whose epochs are logged as MLflow metrics `CURVE.loss`, ... by step."""
+        trainer = TwoTowerTrainer(
             cfg or self.mcfg, self.creator_frame, self.product_frame, progress=self.progress
         )
+        if curve:
+            trainer.on_epoch = functools.partial(_log_epoch, curve)
+        return trainer
 
     def run_protocol(self, split: Split) -> TwoTowerTrainer:
         """Fit every model on the split's training pairs; evaluate on its test (and, for
@@ -146,7 +177,7 @@ class MatchingJob:
                     "cold", inter, split.test, seen, cfg.eval_creators, cfg.seed, cold
                 )
         start = time.perf_counter()
-        model = self.two_tower().fit(train, val)
+        model = self.two_tower(curve=split.name).fit(train, val)
         self.timings[f"{split.name}_train_seconds"] = time.perf_counter() - start
         self.timings[f"{split.name}_epoch_seconds"] = model.seconds_per_epoch
         self.history[split.name] = model.history
@@ -186,6 +217,12 @@ class MatchingJob:
         out["best_epoch"] = float(self.best_epoch)
         out["pairs"] = float(self.inter.n_pairs)
         return out
+
+
+def _log_epoch(curve: str, record: dict[str, float]) -> None:
+    """One epoch of a learning curve as MLflow metrics (`random.loss`, step = epoch)."""
+    step = int(record["epoch"])
+    tracking.log_metrics({f"{curve}.{k}": v for k, v in record.items() if k != "epoch"}, step)
 
 
 def _table(job: MatchingJob) -> pd.DataFrame:
@@ -238,6 +275,14 @@ def _save_model(job: MatchingJob, model: TwoTowerTrainer, folder: Path) -> None:
         if source.is_file():
             (folder / ID_MAPS_DIR).mkdir(exist_ok=True)
             shutil.copyfile(source, folder / ID_MAPS_DIR / source.name)
+    # what the registered model's policy reads by default: this run's data, tiers, settings
+    defaults = {
+        "data": str(Path(job.data_dir).resolve()),
+        "tiers": job.tiers_ref,
+        "index": job.cfg.index.model_dump(mode="json"),
+        "policy": job.cfg.policy.model_dump(mode="json"),
+    }
+    write_json(defaults, folder / SERVING_DEFAULTS)
 
 
 def run(
@@ -248,11 +293,18 @@ def run(
     overwrite: bool = False,
     progress: bool = True,
     register: bool = True,
+    validate: bool = True,
 ) -> dict[str, float]:
-    """Train, evaluate and save the matching model; returns the flat metrics."""
+    """Train, evaluate and save the matching model; returns the flat metrics.
+
+    The input tables are validated first (`validate=False`: the caller just did), so
+    duplicate keys, interactions naming unknown creators or goods, +-inf or negative
+    prices fail before a run folder or an MLflow run is made."""
     from training.lifecycle.model_logging import log_matching_model
     from training.matching.plots import plot_recall_curves
 
+    if validate:
+        validate_tables(Path(data_dir), INPUT_TABLES)
     mcfg = cfg.matching
     torch.set_num_threads(mcfg.threads)
     started = time.perf_counter()
@@ -280,10 +332,11 @@ def run(
             if served is None or mcfg.refit_all:
                 refit_cfg = mcfg.model_copy(update={"epochs": max(job.best_epoch, 1)})
                 start = time.perf_counter()
-                served = job.two_tower(refit_cfg).fit(job.inter.csr())
+                served = job.two_tower(refit_cfg, curve="refit").fit(job.inter.csr())
                 job.timings["refit_seconds"] = time.perf_counter() - start
                 job.history["refit"] = served.history
             _save_model(job, served, staging / "model")
+            model_digest(staging / "model")  # kept beside the model: readers reuse it
             job.timings["job_seconds"] = time.perf_counter() - started
             metrics = job.metrics()
             table = _table(job)
@@ -301,7 +354,11 @@ def run(
                     title=f"Recall@k, protocol {protocol}",
                 )
             tracking.log_metrics(metrics)
-            tracking.log_artifacts(staging, artifact_path="run")
+            for item in staging.iterdir():  # the model folder is logged once, with the pyfunc
+                if item.is_dir() and item.name != MODEL_DIR:
+                    tracking.log_artifacts(item, artifact_path=f"run/{item.name}")
+                elif item.is_file():
+                    tracking.log_artifact(item, artifact_path="run")
             version = log_matching_model(staging / "model", REGISTERED_NAME if register else None)
             write_json(
                 {

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -24,7 +25,7 @@ from features.logs import progress_bar
 from features.settings import MatchingConfig
 from models.matching.creator_history import CreatorHistory
 from models.matching.recommender import RecommenderError
-from models.matching.two_tower import TwoTower, in_batch_softmax_loss
+from models.matching.two_tower import TwoTower, cosine_contrastive_loss, in_batch_softmax_loss
 from models.matching.two_tower_served import (
     TowerInputs,
     TwoTowerRecommender,
@@ -53,21 +54,35 @@ def train_step(
     log_q: torch.Tensor | None,
     negatives: tuple | None = None,
     negatives_log_q: torch.Tensor | None = None,
+    cfg: MatchingConfig | None = None,
 ) -> float:
     """One optimisation step of the two-tower model; the trainer and `haowu bench train`
-    both run this, so the bench times the step training runs (logQ, extra negatives)."""
+    both run this, so the bench times the step training runs (logQ, extra negatives, the
+    configured loss: `cfg.loss`, softmax when no config is given)."""
     u = model.creator_tower(*creator_inputs)  # (B, d)
     v = model.product_tower(*product_inputs)  # (B, d)
     extra = model.product_tower(*negatives) if negatives is not None else None  # (M, d)
-    loss = in_batch_softmax_loss(
-        u,
-        v,
-        log_q,
-        model.temperature,
-        product_keys=product_keys,
-        extra=extra,
-        extra_log_q=negatives_log_q,
-    )
+    if cfg is not None and cfg.loss == "cosine_contrastive":
+        loss = cosine_contrastive_loss(
+            u,
+            v,
+            cfg.margin,
+            cfg.neg_weight,
+            product_keys=product_keys,
+            extra=extra,
+            log_q=log_q,
+            extra_log_q=negatives_log_q,
+        )
+    else:
+        loss = in_batch_softmax_loss(
+            u,
+            v,
+            log_q,
+            model.temperature,
+            product_keys=product_keys,
+            extra=extra,
+            extra_log_q=negatives_log_q,
+        )
     for optimiser in optimisers:
         optimiser.zero_grad(set_to_none=True)
     loss.backward()
@@ -78,6 +93,8 @@ def train_step(
 
 class TwoTowerTrainer(TwoTowerRecommender):
     """Fits a `TwoTowerRecommender`; what it saves loads as the served class."""
+
+    on_epoch: Callable[[dict[str, float]], None] | None = None  # called after each epoch
 
     # --- fitting -----------------------------------------------------------------------
 
@@ -223,6 +240,7 @@ class TwoTowerTrainer(TwoTowerRecommender):
                     log_q[p] if log_q is not None else None,
                     negatives,
                     neg_log_q,
+                    cfg,
                 )
                 total += loss
                 if b % 50 == 0:
@@ -237,6 +255,8 @@ class TwoTowerTrainer(TwoTowerRecommender):
                 result = evaluate(self.export(), val_task, [cfg.early_stop_k], batch=cfg.eval_batch)
                 record["val_recall"] = result.metrics[f"recall@{cfg.early_stop_k}"]
             self.history.append(record)
+            if self.on_epoch is not None:  # e.g. MLflow metrics with step = epoch
+                self.on_epoch(record)
             log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in record.items()})
             self._checkpoint(epoch, record)
             if val_task is None:

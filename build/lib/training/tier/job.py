@@ -21,6 +21,7 @@ import pandas as pd
 from features.indicators import iter_indicator_chunks, load_lookups
 from features.io import atomic_output_dir, count_rows, ensure_empty_output, write_json
 from features.settings import Settings, TierConfig
+from features.validate import validate_tables
 from models.artifacts import METRICS, RUN_DIR_TAG, RUN_META, TIERS
 from models.tier.baseline import HandWeightedBaseline
 from models.tier.model import FEATURES, TierModel, assign_tiers
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 JOB = "train-tier"
 REGISTERED_MODEL = "haowu-tier"
 TRUTH = Path("truth") / "products.parquet"
+# what the job reads, validated before anything is written (features/validate.py)
+INPUT_TABLES = ("merchants", "products", "product_stats", "tier_labels")
 # tally key -> metric prefix for agreement with the hidden truth over all products
 TRUTH_PREFIXES = {
     "": "truth_",
@@ -129,11 +132,19 @@ def _plots(
     )
 
 
-def run(cfg: Settings, data_dir: Path, out: Path, overwrite: bool = False) -> dict[str, float]:
-    """Fit, evaluate, score every product into OUT; returns the metrics (DESIGN §6 names)."""
+def run(
+    cfg: Settings, data_dir: Path, out: Path, overwrite: bool = False, validate: bool = True
+) -> dict[str, float]:
+    """Fit, evaluate, score every product into OUT; returns the metrics (DESIGN §6 names).
+
+    The input tables are validated first (`validate=False`: the caller just did): a
+    duplicate product, a label for an unknown product, a negative or infinite price
+    fails before anything is written."""
     tcfg = cfg.tier
     data_dir, out = Path(data_dir), Path(out)
     ensure_empty_output(out, overwrite)
+    if validate:
+        validate_tables(data_dir, INPUT_TABLES)
     lookups = load_lookups(data_dir)
     split = split_labelled(load_labelled(data_dir, lookups, tcfg), tcfg)  # checks, or raises
     truth = read_truth(data_dir)
