@@ -12,8 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from features.errors import ContractError
-from features.io import read_table, write_table
 from features.settings import load_settings
+from tests.data_breakers import duplicate_products, negative_prices
 from training.matching.job import run
 
 TINY = [
@@ -154,15 +154,8 @@ def _unknown_product(data: Path) -> None:
     frame.to_parquet(first, index=False)
 
 
-def _duplicate_product(data: Path) -> None:
-    products = read_table(data, "products")
-    write_table(pd.concat([products, products.head(1)], ignore_index=True), data, "products")
-
-
-def _negative_price(data: Path) -> None:
-    products = read_table(data, "products")
-    products.loc[products.index[:1], "price"] = -5.0
-    write_table(products, data, "products")
+_duplicate_product = duplicate_products
+_negative_price = negative_prices
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ from cli import app
 from features.errors import ContractError, OutputExistsError
 from features.io import count_rows, read_table, write_table
 from features.settings import load_settings
+from tests.data_breakers import duplicate_products, negative_prices
 from training.tier import job as tier_job
 from training.tier import selected_goods
 from training.tier.bench import bench_tier
@@ -223,14 +224,11 @@ def _indicator_all_missing(data: Path) -> None:
 
 
 def _duplicate_product(data: Path) -> None:
-    products = read_table(data, "products")
-    write_table(pd.concat([products, products.tail(2)], ignore_index=True), data, "products")
+    duplicate_products(data, rows=2)
 
 
 def _negative_price(data: Path) -> None:
-    products = read_table(data, "products")
-    products.loc[products.index[:2], "price"] = -1.0
-    write_table(products, data, "products")
+    negative_prices(data, rows=2, price=-1.0)
 
 
 def _infinite_brand_awareness(data: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pandas as pd
@@ -44,6 +45,32 @@ def mark_challenger(registered_name: str | None, version: Any) -> None:
     MlflowClient().set_registered_model_alias(registered_name, CHALLENGER, str(version))
 
 
+def _log_pyfunc(
+    wrapper: ModuleType,
+    model_dir: Path,
+    signature: Any,
+    example: pd.DataFrame,
+    registered_name: str | None,
+    needs: tuple[str, ...],
+    **extra: Any,
+) -> Any:
+    """Log a wrapper module as the model's code, the model folder as its artifact, haowu's
+    code and pinned requirements beside it; register it (as challenger) when named."""
+    info = import_mlflow().pyfunc.log_model(
+        name="model",
+        python_model=wrapper.__file__,
+        artifacts={wrapper.ARTIFACT: str(model_dir)},
+        signature=signature,
+        input_example=example,
+        registered_model_name=registered_name,
+        code_paths=CODE_PATHS,
+        pip_requirements=requirements(needs),
+        **extra,
+    )
+    mark_challenger(registered_name, getattr(info, "registered_model_version", None))
+    return info
+
+
 def log_tier_model(
     model: TierModel, model_dir: Path, example: pd.DataFrame, registered_name: str | None
 ) -> Any:
@@ -65,24 +92,15 @@ def log_tier_model(
         for c in signature.inputs.inputs
     ]
     signature.inputs = Schema(inputs)
-    info = import_mlflow().pyfunc.log_model(
-        name="model",
-        python_model=tier_pyfunc.__file__,
-        artifacts={tier_pyfunc.ARTIFACT: str(model_dir)},
-        signature=signature,
-        input_example=x,
-        registered_model_name=registered_name,
-        code_paths=CODE_PATHS,
-        pip_requirements=requirements(TIER_NEEDS),
-        metadata={"cuts": model.cuts.tolist(), "base": model.base, "ordinal": model.params.ordinal},
+    metadata = {"cuts": model.cuts.tolist(), "base": model.base, "ordinal": model.params.ordinal}
+    return _log_pyfunc(
+        tier_pyfunc, model_dir, signature, x, registered_name, TIER_NEEDS, metadata=metadata
     )
-    mark_challenger(registered_name, getattr(info, "registered_model_version", None))
-    return info
 
 
 def log_matching_model(model_dir: Path, registered_name: str | None) -> str | None:
     """Log the model folder as a pyfunc in the active run; register it when named."""
-    mlflow = import_mlflow()
+    import_mlflow()  # haowu's defaults before MLflow loads
     from mlflow.models import infer_signature
 
     from training.lifecycle import matching_pyfunc
@@ -96,17 +114,9 @@ def log_matching_model(model_dir: Path, registered_name: str | None) -> str | No
     # the raw output's columns (the policy's needs the data loaded; it adds columns)
     output = example_model.predict(None, example, {"k": 3, "policy": False})
     signature = infer_signature(example, output, params=matching_pyfunc.PARAMS)
-    info = mlflow.pyfunc.log_model(
-        name="model",
-        python_model=matching_pyfunc.__file__,
-        artifacts={matching_pyfunc.ARTIFACT: str(model_dir)},
-        signature=signature,
-        input_example=example,
-        registered_model_name=registered_name,
-        code_paths=CODE_PATHS,
-        pip_requirements=requirements(MATCHING_NEEDS),
+    info = _log_pyfunc(
+        matching_pyfunc, model_dir, signature, example, registered_name, MATCHING_NEEDS
     )
     version = getattr(info, "registered_model_version", None)
-    mark_challenger(registered_name, version)
     log.info("logged pyfunc %s (registered %s v%s)", info.model_uri, registered_name, version)
     return str(version) if version is not None else None
