@@ -139,6 +139,9 @@ class MatchingConfig(StrictModel):
     val_creators: int = Field(4000, ge=0, description="creators scored per early-stop check")
     eval_batch: int = Field(1024, gt=0)
     seed: int = 42
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where the two-tower trains and embeds: auto = cuda when present"
+    )
     threads: int = Field(2, gt=0)
     # baselines
     baselines: list[Literal["pop", "als", "ease", "itemknn"]] = Field(

@@ -144,7 +144,8 @@ class Tower(nn.Module):
     ) -> torch.Tensor:
         """Mean history embedding (B, id_dim); zeros for an empty or absent history."""
         if history is None or self.history is None:
-            return torch.zeros(batch, self.history_dim)
+            device = next(self.parameters()).device
+            return torch.zeros(batch, self.history_dim, device=device)
         total = self.history(history.items, history.offsets, per_sample_weights=history.weights)
         mean = total / history.counts.clamp(min=1.0)[:, None]
         if dropped is not None:
@@ -247,7 +248,9 @@ def cosine_contrastive_loss(
     if log_q is not None:
         weight = weight * torch.exp(-(log_q - log_q.min()))[None, :]  # shift: no overflow
     if extra is not None:
-        extra_weight = torch.ones(batch, extra.shape[0], dtype=penalty.dtype)
+        extra_weight = torch.ones(
+            batch, extra.shape[0], dtype=penalty.dtype, device=penalty.device
+        )
         if log_q is not None and extra_log_q is not None:
             extra_weight = extra_weight * torch.exp(-(extra_log_q - log_q.min()))[None, :]
         penalty = torch.cat([penalty, F.relu(creator @ extra.T - margin)], dim=1)

@@ -37,6 +37,7 @@ class TowerInputs:
         self.categorical = torch.from_numpy(side.categorical)  # (n, n_cat)
         self.numeric = torch.from_numpy(side.numeric)  # (n, n_num)
         self.history = history
+        self.device = torch.device("cpu")  # where a batch is sent; the tables stay in RAM
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -46,10 +47,18 @@ class TowerInputs:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, HistoryBatch | None]:
         """A batch's inputs; `leave_out` (B,) products are left out of their row's history."""
         history = None
+        rows = rows.cpu()
         if self.history is not None:
-            held = leave_out.numpy() if leave_out is not None else None
+            held = leave_out.cpu().numpy() if leave_out is not None else None
             history = self.history.batch(rows.numpy(), held)
-        return self.ids[rows], self.categorical[rows], self.numeric[rows], history
+        batch = self.ids[rows], self.categorical[rows], self.numeric[rows]
+        if self.device.type == "cpu":
+            return (*batch, history)
+        moved = tuple(t.to(self.device, non_blocking=True) for t in batch)
+        if history is not None:
+            history = HistoryBatch(*(t.to(self.device, non_blocking=True) for t in (
+                history.items, history.offsets, history.weights, history.counts)))  # fmt: skip
+        return (*moved, history)
 
 
 def tower_spec(ids: IdEncoder, side: SideEncoder, history_rows: int = 0) -> TowerSpec:
@@ -111,7 +120,7 @@ class TwoTowerRecommender(Recommender):
         out = np.empty((len(rows), self.cfg.out_dim), dtype=np.float32)
         for start in range(0, len(rows), EMBED_BATCH):
             chunk = torch.from_numpy(rows[start : start + EMBED_BATCH])
-            out[start : start + len(chunk)] = tower(*inputs.take(chunk)).numpy()
+            out[start : start + len(chunk)] = tower(*inputs.take(chunk)).cpu().numpy()
         return out
 
     def _embed_all(
@@ -146,7 +155,8 @@ class TwoTowerRecommender(Recommender):
     def _save(self, path: Path) -> dict[str, Any]:
         if self.model is None or self.encoders is None:
             raise RecommenderError("TwoTowerRecommender is not fitted")
-        torch.save(self.model.state_dict(), path / "weights.pt")
+        state = {key: value.cpu() for key, value in self.model.state_dict().items()}
+        torch.save(state, path / "weights.pt")  # CPU tensors: loads where no GPU is
         (path / "model_config.json").write_text(json.dumps(self.model.cfg.to_dict(), indent=2))
         (path / "matching_config.json").write_text(self.cfg.model_dump_json(indent=2))
         (path / "encoders.json").write_text(json.dumps(self.encoders.to_dict()))

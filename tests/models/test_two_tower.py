@@ -265,3 +265,17 @@ def test_each_loss_recovers_a_planted_block_structure(loss: str, extra: int) -> 
     )
     random = k / (train.shape[1] - 6)  # k of the 74 goods a creator has not promoted
     assert found.mean() > 3 * random, (loss, extra, found.mean(), random)
+
+
+def test_device_selection() -> None:
+    """auto takes the GPU only when there is one; cuda without one is a clear error."""
+    from features.errors import ConfigError
+    from models.matching.device import resolve_device
+
+    assert resolve_device("auto", cuda_available=False).type == "cpu"
+    assert resolve_device("auto", cuda_available=True).type == "cuda"
+    assert resolve_device("cpu", cuda_available=True).type == "cpu"
+    with pytest.raises(ConfigError, match="matching.device=cuda, but PyTorch sees no GPU"):
+        resolve_device("cuda", cuda_available=False)
+    with pytest.raises(ConfigError, match="auto, cpu or cuda"):
+        resolve_device("tpu", cuda_available=True)

@@ -44,7 +44,9 @@ class RowWiseAdagrad(torch.optim.Optimizer):
                     values = values + group["weight_decay"] * param[rows]
                 state = self.state[param]
                 if "sum" not in state:
-                    state["sum"] = torch.zeros(param.shape[0], dtype=param.dtype)
+                    state["sum"] = torch.zeros(
+                        param.shape[0], dtype=param.dtype, device=param.device
+                    )
                 acc = state["sum"]
                 acc.index_add_(0, rows, values.pow(2).mean(dim=1))
                 scale = -group["lr"] / (acc[rows].sqrt() + group["eps"])  # (u,)

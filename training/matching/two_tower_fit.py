@@ -24,6 +24,7 @@ from features.encoders import IdEncoder, SideEncoder, TowerEncoders
 from features.logs import progress_bar
 from features.settings import MatchingConfig
 from models.matching.creator_history import CreatorHistory
+from models.matching.device import resolve_device
 from models.matching.recommender import RecommenderError
 from models.matching.two_tower import TwoTower, cosine_contrastive_loss, in_batch_softmax_loss
 from models.matching.two_tower_served import (
@@ -180,6 +181,10 @@ class TwoTowerTrainer(TwoTowerRecommender):
             product=tower_spec(enc.product_ids, enc.product_side),
         )
         self.n_products = n_products
+        device = resolve_device(cfg.device)
+        self.model.to(device)
+        creators_in.device = products_in.device = device
+        log.info("two-tower trains on %s", device)
         self._train_loop(creator, product, creators_in, products_in, train, val, rng)
         self._embed_all(creators_in, products_in)
         return self
@@ -206,7 +211,8 @@ class TwoTowerTrainer(TwoTowerRecommender):
         cfg, model = self.cfg, self.model
         assert model is not None
         dense_opt, sparse_opt = optimizers(model, cfg)
-        log_q = self._log_q(product, len(products_in)) if cfg.logq else None
+        device = products_in.device
+        log_q = self._log_q(product, len(products_in)).to(device) if cfg.logq else None
         creator_t, product_t = torch.from_numpy(creator), torch.from_numpy(product)
 
         val_task = None
@@ -230,13 +236,13 @@ class TwoTowerTrainer(TwoTowerRecommender):
                 if cfg.extra_negatives:
                     neg = torch.randint(0, len(products_in), (cfg.extra_negatives,))
                     negatives = products_in.take(neg)
-                    neg_log_q = log_q[neg] if log_q is not None else None
+                    neg_log_q = log_q[neg.to(device)] if log_q is not None else None
                 loss = train_step(
                     model,
                     (dense_opt, sparse_opt),
                     creators_in.take(c, leave_out=p),
                     products_in.take(p),
-                    p,
+                    p.to(device),
                     log_q[p] if log_q is not None else None,
                     negatives,
                     neg_log_q,
