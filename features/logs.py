@@ -23,6 +23,7 @@ LogFormat = Literal["text", "json"]
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # libraries whose own handlers would print a second format
 LIBRARIES = ("uvicorn", "uvicorn.error", "mlflow", "alembic", "ray")
+QUIET = ("faiss.loader",)  # INFO lines about CPU-specific builds it did not find
 T = TypeVar("T")
 
 
@@ -72,7 +73,17 @@ def configure(level: int = logging.INFO, fmt: LogFormat = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for name in LIBRARIES:
+    adopt(*LIBRARIES)
+    for name in QUIET:
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
+
+
+def adopt(*names: str) -> None:
+    """Loggers a library configured for itself (MLflow does, on import) pass their
+    records to haowu's handler instead, once haowu has configured one."""
+    if not any(isinstance(h, StderrHandler) for h in logging.getLogger().handlers):
+        return
+    for name in names:
         library = logging.getLogger(name)
         library.handlers[:] = []
         library.propagate = True

@@ -155,6 +155,9 @@ def import_mlflow() -> Any:
         os.environ.setdefault(key, value)
     import mlflow
 
+    from features.logs import adopt
+
+    adopt("mlflow", "alembic")  # MLflow installs its own handler on import
     return mlflow
 
 
