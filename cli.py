@@ -214,7 +214,7 @@ def pipeline(
 
     from features.synthetic import generate as run_generate
     from features.validate import validate_dir
-    from models.artifacts import MATCHING_MODEL, TIER_MODEL, PipelineLayout
+    from models.artifacts import MATCHING_MODEL, TIER_MODEL, PipelineLayout, masked
     from serving.batch.job import ListsRequest
     from serving.batch.job import run as run_recommend
     from serving.brokers.job import run as run_brokers
@@ -304,7 +304,8 @@ def pipeline(
         if promo.get("status") == "refused":  # a human may override the gate, with a reason
             folder = d.tier if name == "haowu-tier" else d.matching
             typer.echo(f"  haowu promote --model {name} --run {folder} --force --reason '...'")
-    typer.echo(f"  mlflow ui --backend-store-uri {tracking_uri()}   # pipeline run {result.run_id}")
+    store = masked(tracking_uri())
+    typer.echo(f"  mlflow ui --backend-store-uri {store}   # pipeline run {result.run_id}")
 
 
 # --- tier commands (train-tier, selected-goods) ---

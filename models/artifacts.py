@@ -148,6 +148,25 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / DEFAULT_DB}"
 
 
+_CREDENTIALS = re.compile(r"(?<=://)([^/@:]+):([^/@]+)@")
+SQLITE = "sqlite:///"
+
+
+def masked(uri: str) -> str:
+    """A tracking URI fit to print or store: `http://user:***@host` (no password)."""
+    return _CREDENTIALS.sub(r"\1:***@", uri)
+
+
+def require_store(uri: str) -> None:
+    """A command that only reads the registry never creates a store: a SQLite file
+    that is not there is an error naming it."""
+    if uri.startswith(SQLITE) and not Path(uri[len(SQLITE) :]).is_file():
+        raise ArtifactError(
+            f"no MLflow store at {uri[len(SQLITE) :]} (set MLFLOW_TRACKING_URI, or run from "
+            "the folder holding mlflow.db)"
+        )
+
+
 def import_mlflow() -> Any:
     """MLflow, imported lazily (about 1 s) with haowu's quiet, quick-failing defaults."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -222,7 +241,9 @@ def registered_version(uri: str) -> RegisteredVersion:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    mlflow.set_tracking_uri(tracking_uri())
+    uri_of_store = tracking_uri()
+    require_store(uri_of_store)
+    mlflow.set_tracking_uri(uri_of_store)
     client = MlflowClient()
     name, alias = match["name"], match["alias"]
     try:
@@ -232,7 +253,10 @@ def registered_version(uri: str) -> RegisteredVersion:
             version = client.get_model_version(name, match["version"])
         run = client.get_run(version.run_id) if version.run_id else None
     except MlflowException as exc:
-        raise ArtifactError(f"{uri}: {exc.message}") from None
+        raise ArtifactError(f"{uri}: {masked(exc.message)}") from None
+    except Exception as exc:  # a corrupt store: SQLAlchemy's errors, one line
+        raise ArtifactError(f"{uri}: the MLflow store {masked(uri_of_store)} cannot be read "
+                            f"({type(exc).__name__})") from None  # fmt: skip
     return RegisteredVersion(
         name,
         str(version.version),

@@ -159,3 +159,40 @@ def test_concurrent_promotions_keep_every_change(monkeypatch: pytest.MonkeyPatch
     client = MlflowClient()
     assert json.loads(client.get_registered_model(name).tags[HISTORY_TAG]) == ["1", "2"]
     assert str(client.get_model_version_by_alias(name, cfg.champion_alias).version) == "2"
+
+
+@pytest.mark.parametrize(
+    ("model", "run", "message"),
+    [
+        ("haowu'matching", "0" * 32, "a registered model name is letters"),
+        (NAME, "abc' or '1'='1", "not an MLflow run ID"),
+    ],
+)
+def test_names_that_would_break_a_filter_are_refused(model: str, run: str, message: str) -> None:
+    with pytest.raises(HaowuError, match=message):
+        promote(model, run, CFG)
+
+
+def test_stores_that_cannot_be_used_are_one_line_errors(tmp_path, monkeypatch) -> None:
+    """A missing folder, a corrupt file: one line naming the store; a read-only command
+    never creates one; a password in the URI is never printed."""
+    from models.artifacts import ArtifactError, masked, open_matching_run
+
+    assert masked("http://ana:s3cret@tracking:5000") == "http://ana:***@tracking:5000"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/absent/mlflow.db")
+    with pytest.raises(tracking.TrackingError, match="does not exist"):
+        tracking.configure()
+    assert not (tmp_path / "absent").exists()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/none.db")
+    with pytest.raises(ArtifactError, match="no MLflow store at"):
+        open_matching_run("models:/haowu-matching@champion")
+    assert not (tmp_path / "none.db").exists()
+    corrupt = tmp_path / "corrupt.db"
+    corrupt.write_bytes(b"not a database" * 100)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{corrupt}")
+    with pytest.raises(tracking.TrackingError, match="cannot be opened"):
+        tracking.configure()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://ana:s3cret@127.0.0.1:1")
+    with pytest.raises(tracking.TrackingError) as refused:
+        tracking.configure()
+    assert "s3cret" not in str(refused.value) and "ana:***@" in str(refused.value)

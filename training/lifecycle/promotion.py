@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -88,8 +89,17 @@ def _client():
     return MlflowClient()
 
 
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")  # what a search filter may quote
+RUN_ID = re.compile(r"[0-9a-f]{32}")
+
+
 def _challenger_version(client, name: str, run_id: str):
     from mlflow.exceptions import MlflowException
+
+    if not NAME.fullmatch(name):
+        raise HaowuError(f"--model {name!r}: a registered model name is letters, digits, _ . -")
+    if not RUN_ID.fullmatch(run_id):
+        raise HaowuError(f"--run {run_id!r}: not an MLflow run ID (32 hex digits) or run folder")
 
     try:
         client.get_run(run_id)

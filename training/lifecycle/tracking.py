@@ -27,8 +27,8 @@ from features.contract import TABLES
 from features.errors import HaowuError
 from features.io import count_rows, table_columns, table_path
 from features.version import haowu_version
+from models.artifacts import SQLITE, masked, tracking_uri
 from models.artifacts import import_mlflow as _mlflow
-from models.artifacts import tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +60,22 @@ def configure() -> str:
     from mlflow.exceptions import MlflowException
 
     uri = tracking_uri()
+    if uri.startswith(SQLITE) and not Path(uri[len(SQLITE) :]).parent.is_dir():
+        raise TrackingError(f"MLflow store {uri}: folder {Path(uri[len(SQLITE):]).parent} "
+                            "does not exist")  # fmt: skip
     mlflow.set_tracking_uri(uri)
     try:
         experiment = mlflow.get_experiment_by_name(EXPERIMENT)
     except MlflowException as exc:
         raise TrackingError(
-            f"MLflow tracking store {uri} cannot be reached or opened ({_first_line(exc)}); "
-            "start the server, or unset MLFLOW_TRACKING_URI to use the local SQLite store"
+            f"MLflow tracking store {masked(uri)} cannot be reached or opened "
+            f"({masked(_first_line(exc))}); start the server, or unset MLFLOW_TRACKING_URI "
+            "to use the local SQLite store"
+        ) from None
+    except Exception as exc:  # a corrupt or truncated SQLite file: SQLAlchemy, one line
+        raise TrackingError(
+            f"MLflow tracking store {masked(uri)} cannot be opened ({type(exc).__name__}: "
+            f"{masked(_first_line(exc))}); is it a database file?"
         ) from None
     if experiment is None:
         mlflow.create_experiment(EXPERIMENT, artifact_location=_artifact_root(uri))
@@ -247,5 +256,3 @@ def log_artifacts(folder: Path, artifact_path: str | None = None) -> None:
 
 def log_artifact(path: Path, artifact_path: str | None = None) -> None:
     _mlflow().log_artifact(str(path), artifact_path=artifact_path)
-
-

@@ -51,6 +51,7 @@ from models.artifacts import (
     RUN_DIR_TAG,
     RUN_META,
     SERVING_DEFAULTS,
+    masked,
     model_digest,
     open_tier_run,
     read_tiers,
@@ -365,7 +366,7 @@ def run(
                     "run_id": mlrun.info.run_id,
                     "registered_model": REGISTERED_NAME if register else None,
                     "version": version,
-                    "tracking_uri": tracking.tracking_uri(),
+                    "tracking_uri": masked(tracking.tracking_uri()),
                 },
                 staging / RUN_META,
             )

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from features.steps import StepLedger
-from models.artifacts import PipelineLayout
+from models.artifacts import PipelineLayout, masked
 from training.lifecycle import tracking
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def run_pipeline(
         tracking.context(preset=preset),
         tracking.parent_run("pipeline", ledger.meta.get("mlflow_run_id"), settings, tags) as run,
     ):
-        ledger.set_meta(mlflow_run_id=run.info.run_id, tracking_uri=tracking.tracking_uri())
+        ledger.set_meta(mlflow_run_id=run.info.run_id, tracking_uri=masked(tracking.tracking_uri()))
         total = len(steps)
         rebuilt = False  # a step ran: every later step's record is stale
         for i, step in enumerate(steps, 1):

@@ -22,7 +22,7 @@ from features.indicators import iter_indicator_chunks, load_lookups
 from features.io import atomic_output_dir, count_rows, ensure_empty_output, write_json
 from features.settings import Settings, TierConfig
 from features.validate import validate_tables
-from models.artifacts import METRICS, RUN_DIR_TAG, RUN_META, TIERS
+from models.artifacts import METRICS, RUN_DIR_TAG, RUN_META, TIERS, masked
 from models.tier.baseline import HandWeightedBaseline
 from models.tier.model import FEATURES, TierModel, assign_tiers
 from training.lifecycle.model_logging import log_tier_model
@@ -190,7 +190,7 @@ def run(
             {
                 "run_id": run_id,
                 "job": JOB,
-                "tracking_uri": tracking_uri(),
+                "tracking_uri": masked(tracking_uri()),
                 "model_uri": info.model_uri,
                 "registered_model": REGISTERED_MODEL,
                 "registered_version": getattr(info, "registered_model_version", None),
