@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from features.errors import HaowuError
@@ -37,6 +38,11 @@ def test_fingerprint_changes_with_the_data(tiny_data: Path, tmp_path: Path) -> N
     shutil.copytree(tiny_data, copy)
     assert tracking.data_fingerprint(copy) == tracking.data_fingerprint(tiny_data)
     (copy / "brokers.parquet").unlink()
+    assert tracking.data_fingerprint(copy) != tracking.data_fingerprint(tiny_data)
+    shutil.rmtree(copy)
+    shutil.copytree(tiny_data, copy)
+    products = pd.read_parquet(copy / "products.parquet")  # same rows, another order
+    products.sample(frac=1.0, random_state=0).to_parquet(copy / "products.parquet")
     assert tracking.data_fingerprint(copy) != tracking.data_fingerprint(tiny_data)
 
 

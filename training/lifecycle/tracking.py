@@ -23,11 +23,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from features.contract import TABLES
 from features.errors import HaowuError
-from features.io import count_rows, table_columns, table_path
 from features.version import haowu_version
-from models.artifacts import SQLITE, masked, tracking_uri
+from models.artifacts import SQLITE, data_digest, masked, tracking_uri
 from models.artifacts import import_mlflow as _mlflow
 
 log = logging.getLogger(__name__)
@@ -130,13 +128,10 @@ def git_commit() -> str | None:
 
 
 def data_fingerprint(data_dir: Path) -> str:
-    """Hash of the input tables' names, columns and row counts: two runs compare only
-    when they saw the same data."""
-    parts = []
-    for name in sorted(TABLES):
-        if table_path(data_dir, name) is not None:
-            parts.append([name, sorted(table_columns(data_dir, name)), count_rows(data_dir, name)])
-    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+    """The content of the input tables (their Parquet bytes, streamed; the batch job's
+    `data_digest`): two runs compare only when they saw the same data, so an edited or
+    reshuffled table is another fingerprint, not only a table or row count that changed."""
+    return data_digest(data_dir)[:16]
 
 
 def settings_hash(settings: Mapping[str, Any]) -> str:
