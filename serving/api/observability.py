@@ -94,7 +94,7 @@ class Metrics:
         self.model_info = Gauge(
             "haowu_model_info",
             "the model being served (value 1)",
-            ["name", "version", "run_id", "folder"],
+            ["name", "version", "run_id"],  # no host paths in a public scrape
             registry=reg,
             multiprocess_mode="liveall",
         )
@@ -125,9 +125,7 @@ class Metrics:
     def model_swapped(self, bundle: Bundle) -> None:
         info = bundle.info
         self.model_info.clear()
-        self.model_info.labels(
-            info.name or "", info.version or "", info.run_id or "", str(info.folder)
-        ).set(1)
+        self.model_info.labels(info.name or "", info.version or "", info.run_id or "").set(1)
         self.loaded_at.set(info.loaded_at)
         self.load_seconds.set(info.load_seconds)
         for direction in ("creator", "product"):

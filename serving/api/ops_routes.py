@@ -11,12 +11,14 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from serving.api.security import AdminAuth, require_api_key
+from serving.api.security import AdminAuth, is_admin, require_api_key
 from serving.online.bundle import Bundle
 from serving.online.schemas import ErrorBody, Health, ModelStatus, Readiness, ReloadAnswer
 from serving.online.state import ServingState
 
 log = logging.getLogger(__name__)
+
+HIDDEN = "(shown with the admin token)"
 
 ops = APIRouter(tags=["operations"])
 admin = APIRouter(
@@ -71,6 +73,8 @@ async def readyz(request: Request) -> Readiness:
         reloads=state.loads_ok + state.loads_failed,
         last_error=state.last.error,
     )
+    if not is_admin(request):  # paths and errors tell an outsider how the host is laid out
+        answer = _without_details(answer)
     if bundle is not None:
         answer.parts = {
             "tiers": bundle.tiers is not None,
@@ -83,6 +87,14 @@ async def readyz(request: Request) -> Readiness:
         answer.memory_bytes = bundle.memory()
         return answer
     return JSONResponse(answer.model_dump(), status_code=503)  # type: ignore[return-value]
+
+
+def _without_details(answer: Readiness) -> Readiness:
+    model = answer.model
+    if model is not None:
+        model = model.model_copy(update={"uri": HIDDEN, "folder": HIDDEN})
+    error = HIDDEN if answer.last_error else None
+    return answer.model_copy(update={"model": model, "last_error": error})
 
 
 @ops.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})

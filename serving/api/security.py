@@ -76,5 +76,14 @@ async def require_api_key(request: Request, key: Annotated[str | None, Depends(_
         raise AuthError(401, "unauthorized", f"this endpoint needs a valid {API_KEY_HEADER} header")
 
 
+def is_admin(request: Request) -> bool:
+    """Whether the request carries the admin token (no error either way): readiness shows
+    its details, paths and the last load error, to the admin alone."""
+    secret = _secrets(request).admin_token
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    return secret is not None and scheme.lower() == "bearer" and _matches(token.strip(), secret)
+
+
 AdminAuth = Annotated[None, Depends(require_admin)]
 ReadAuth = Annotated[None, Depends(require_api_key)]

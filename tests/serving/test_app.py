@@ -153,7 +153,7 @@ def test_readyz_is_503_until_the_model_is_loaded(cfg: Settings, bundle: Bundle, 
         assert all(ready["parts"].values()), ready["parts"]
 
 
-def test_failed_first_load_stays_503_and_says_why(cfg: Settings, bundle: Bundle):
+def test_failed_first_load_stays_503_and_says_why(cfg: Settings, bundle: Bundle, env: None):
     def broken() -> Bundle:
         raise FileNotFoundError("no such run folder")
 
@@ -164,7 +164,9 @@ def test_failed_first_load_stays_503_and_says_why(cfg: Settings, bundle: Bundle)
                 break
             time.sleep(0.02)
         assert c.get("/readyz").status_code == 503
-        assert "no such run folder" in body["last_error"]
+        assert "no such run folder" not in body["last_error"]  # not to anyone who asks
+        admin = c.get("/readyz", headers=ADMIN).json()
+        assert "no such run folder" in admin["last_error"]
         assert c.get("/healthz").status_code == 200
 
 
@@ -514,8 +516,11 @@ def test_reload_swaps_and_a_failed_load_keeps_the_old_model(cfg, bundle, env):
         r = c.post("/admin/reload?wait=true", headers=ADMIN)
         assert r.status_code == 503 and "registry unreachable" in r.json()["error"]
         assert c.get(goods).json()["model_version"].endswith("vr1")  # the old one serves
-        ready = c.get("/readyz").json()
+        ready = c.get("/readyz", headers=ADMIN).json()
         assert ready["ready"] and "registry unreachable" in ready["last_error"]
+        public = c.get("/readyz").json()
+        assert public["model"]["folder"] == public["model"]["uri"] == "(shown with the admin token)"
+        assert str(ready["model"]["folder"]) not in c.get("/metrics").text
         metrics = c.get("/metrics").text
         assert 'haowu_model_loads_total{result="ok"} 2.0' in metrics
         assert 'haowu_model_loads_total{result="failed"} 1.0' in metrics
