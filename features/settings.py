@@ -232,6 +232,7 @@ class ServeConfig(StrictModel):
     use_batch_lists: bool = True
     use_product_lists: bool = True
     max_body_bytes: int = Field(65536, gt=0)
+    body_timeout_s: float = Field(10.0, gt=0, description="a body not sent by then is a 408")
     admin_token_env: str = "HAOWU_ADMIN_TOKEN"
     api_key_env: str = "HAOWU_API_KEY"
     protect_metrics: bool = False

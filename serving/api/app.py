@@ -34,6 +34,7 @@ from features.settings import Settings, load_settings
 from serving.api.broker_routes import brokers
 from serving.api.creator_routes import creators
 from serving.api.observability import (
+    BodyTimeoutError,
     BodyTooLargeError,
     Metrics,
     ObservabilityMiddleware,
@@ -107,6 +108,9 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def too_large(request: Request, exc: BodyTooLargeError) -> JSONResponse:
         return _error(request, 413, "body_too_large", str(exc))
 
+    async def body_timeout(request: Request, exc: BodyTimeoutError) -> JSONResponse:
+        return _error(request, 408, "body_timeout", str(exc), Connection="close")
+
     async def http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return _error(request, exc.status_code, code, exc.detail, **(exc.headers or {}))
@@ -123,6 +127,7 @@ def _add_error_handlers(app: FastAPI) -> None:
         NotReadyError: not_ready,
         AuthError: auth,
         BodyTooLargeError: too_large,
+        BodyTimeoutError: body_timeout,
         StarletteHTTPException: http,
         Exception: crashed,
     }
@@ -197,6 +202,7 @@ def create_app(
         metrics=metrics,
         max_body_bytes=serve.max_body_bytes,
         log_access=serve.access_log,
+        body_timeout_s=serve.body_timeout_s,
     )
     return app
 

@@ -10,6 +10,7 @@ access-log line, echoes or assigns `X-Request-ID`, and stops bodies larger than
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -57,6 +58,10 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 
 class BodyTooLargeError(Exception):
     """The request body is over the limit: 413."""
+
+
+class BodyTimeoutError(Exception):
+    """The client stopped sending its body (shorter than its Content-Length): 408."""
 
 
 class Metrics:
@@ -176,10 +181,16 @@ class ObservabilityMiddleware:
     """Timing, metrics, access log, request ID and body limit for every HTTP request."""
 
     def __init__(
-        self, app: ASGIApp, metrics: Metrics, max_body_bytes: int, log_access: bool = True
+        self,
+        app: ASGIApp,
+        metrics: Metrics,
+        max_body_bytes: int,
+        log_access: bool = True,
+        body_timeout_s: float = 10.0,
     ) -> None:
         self.app, self.metrics = app, metrics
         self.max_body, self.log_access = max_body_bytes, log_access
+        self.body_timeout = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -189,7 +200,7 @@ class ObservabilityMiddleware:
         given = _header(scope, b"x-request-id")
         request_id = given if given and _REQUEST_ID.match(given) else uuid.uuid4().hex[:16]
         scope.setdefault("state", {})["request_id"] = request_id
-        outcome = {"status": 500, "bytes": 0, "too_large": False}
+        outcome: dict[str, Any] = {"status": 500, "bytes": 0, "refusal": None}
         received = 0
         too_large = {
             "error": "body_too_large",
@@ -197,23 +208,37 @@ class ObservabilityMiddleware:
             "request_id": request_id,
         }
 
+        body_done = False
+
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done:  # after the body: e.g. waiting for a disconnect, no deadline
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.body_timeout)
+            except TimeoutError:
+                detail = f"request body not received within {self.body_timeout:g}s"
+                outcome["refusal"] = (
+                    408,
+                    {"error": "body_timeout", "detail": detail, "request_id": request_id},
+                )
+                raise BodyTimeoutError(detail) from None
+            body_done = message["type"] != "http.request" or not message.get("more_body")
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body:
-                    outcome["too_large"] = True
+                    outcome["refusal"] = (413, too_large)
                     raise BodyTooLargeError(too_large["detail"])
             return message
 
         async def tracked_send(message: Message) -> None:
-            if outcome["too_large"]:  # whatever the app made of the cut body: a 413
+            refusal = outcome["refusal"]
+            if refusal is not None:  # whatever the app made of the cut body: 413 or 408
                 if message["type"] == "http.response.start":
-                    outcome["too_large"] = False
-                    for own in _json_response(413, too_large, request_id):
+                    outcome["refusal"] = None
+                    for own in _json_response(*refusal, request_id):
                         await tracked_send(own)
-                    outcome["too_large"] = True
+                    outcome["refusal"] = refusal
                 return
             if message["type"] == "http.response.start":
                 outcome["status"] = message["status"]

@@ -370,6 +370,53 @@ def test_non_finite_numbers_in_a_body_are_422_without_a_traceback(
     assert not [rec for rec in caplog.records if rec.levelno >= logging.ERROR], caplog.text
 
 
+def test_a_body_shorter_than_its_length_is_a_408_not_a_held_connection(
+    cfg: Settings, bundle: Bundle, env: None
+):
+    """The client declares 100 bytes, sends 10 and stalls: the request ends with a 408
+    after `serve.body_timeout_s` instead of holding a worker forever."""
+    import asyncio
+
+    quick = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"body_timeout_s": 0.3})})
+    app = create_app(quick, bundle=bundle)
+    sent: list[dict] = []
+    chunks = [{"type": "http.request", "body": b'{"creator":', "more_body": True}]
+
+    async def receive() -> dict:
+        if chunks:
+            return chunks.pop()
+        await asyncio.sleep(3600)  # the rest never comes
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/creators/goods",
+        "raw_path": b"",
+        "query_string": b"",
+        "root_path": "",
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 8000),
+        "headers": [(b"content-type", b"application/json"), (b"content-length", b"100")],
+    }
+
+    async def call() -> None:
+        await asyncio.wait_for(app(scope, receive, send), 5)
+
+    with TestClient(app):  # startup: the bundle is in
+        asyncio.run(call())
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    assert start["status"] == 408
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    assert json.loads(body)["error"] == "body_timeout"
+
+
 def test_not_json_and_too_large_bodies(client: TestClient):
     r = client.post(
         "/products/creators", content=b"{not json", headers={"content-type": "application/json"}
@@ -686,8 +733,7 @@ def test_lists_written_by_another_model_are_not_served(
     with TestClient(create_app(cfg, bundle=new), raise_server_exceptions=False) as c:
         ready = c.get("/readyz").json()
         assert ready["lists"]["creator"] == (
-            f"live (lists were written by model {old_digest[:12]}, "
-            f"serving model {new_digest[:12]})"
+            f"live (lists were written by model {old_digest[:12]}, serving model {new_digest[:12]})"
         )
         assert ready["lists"]["product"].startswith("live (lists were written by model")
         assert ready["model"]["digest"] == new_digest
