@@ -37,6 +37,12 @@ _ARROW_LOOKUP_MIN = 100_000
 Kind = Literal["int", "str"]
 
 
+# One rule for a user's string ID, shared by `haowu import` (which refuses others) and the
+# service's URL paths (which accept exactly these): 1..256 characters, none of them
+# whitespace, a control character or '/', '?', '#' (which would end a URL path segment).
+ID_PATTERN = r"^[^\s/?#\x00-\x1f\x7f]{1,256}$"
+
+
 class UnknownIdError(HaowuError):
     """IDs that the map does not hold (an external ID never imported, or an internal
     ID outside 0..n-1)."""
@@ -90,6 +96,14 @@ class IdMap:
         if arr.null_count:
             raise HaowuError(f"{name} IDs contain {arr.null_count} null(s)")
         unique = pc.unique(arr)
+        if kind == "str":
+            bad = unique.filter(pc.invert(pc.match_substring_regex(unique, ID_PATTERN)))
+            if len(bad):
+                shown = ", ".join(repr(v) for v in bad.to_pylist()[:3])
+                raise HaowuError(
+                    f"{len(bad)} {name} ID(s) break the ID rule (1..256 characters, no "
+                    f"whitespace, control characters, '/', '?' or '#'), e.g. {shown}"
+                )
         unique = unique.take(pc.sort_indices(unique))
         if kind == "int":
             external = unique.cast(pa.int64()).to_numpy()

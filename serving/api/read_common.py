@@ -15,9 +15,9 @@ from fastapi import Depends, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
+from features.idmap import ID_PATTERN
 from serving.online.bundle import Bundle
 from serving.online.schemas import (
-    ID_PATTERN,
     K_MAX,
     ErrorBody,
     GoodsFilters,

@@ -1,8 +1,9 @@
 """Request and response bodies of the HTTP service (DESIGN §6); the OpenAPI at /docs.
 
 IDs in paths and answers are the user's own (int64, or strings for data imported with
-string IDs), so path IDs are strings restricted to a safe alphabet; an ID that cannot be
-one of the catalog's IDs is a 422, one the model does not know a 404.
+string IDs), so a path ID follows the one ID rule `haowu import` applies
+(features/idmap.py): an ID that cannot be one of the catalog's IDs is a 422, one the
+model does not know a 404.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from features.version import haowu_version
 from models.retrieval.catalog import PRICE_BANDS
 
 K_MAX = 500
-ID_PATTERN = r"^[A-Za-z0-9_.:\-]{1,64}$"
 
 Id = int | str
 K = Annotated[int, Field(ge=1, le=K_MAX, description=f"list length, 1..{K_MAX}")]

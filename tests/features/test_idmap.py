@@ -104,3 +104,13 @@ def test_load_id_maps_reads_what_is_there(tmp_path: Path) -> None:
     maps = load_id_maps(tmp_path)
     assert set(maps) == {"creator"}
     assert maps["creator"].to_external([1]).tolist() == ["y"]
+
+
+def test_string_ids_follow_the_one_id_rule() -> None:
+    """What import accepts the service's paths accept: e-mail-like and long IDs pass;
+    whitespace, '/', '?' and over 256 characters are refused with examples."""
+    fitted = IdMap.fit(["ana@example.com", "日本語", "x" * 256, "user:42"], name="creator")
+    assert len(fitted) == 4
+    for bad in ("a b", "a/b", "x?y", "x" * 257, "tab\there"):
+        with pytest.raises(HaowuError, match="break the ID rule"):
+            IdMap.fit(["fine", bad], name="creator")

@@ -417,6 +417,18 @@ def test_a_body_shorter_than_its_length_is_a_408_not_a_held_connection(
     assert json.loads(body)["error"] == "body_timeout"
 
 
+def test_path_ids_follow_the_import_rule(client: TestClient):
+    """An e-mail-like or 256-character ID (which import accepts) passes the path rule and
+    reaches the lookup (this catalog's IDs are integers, so the lookup says so); a space
+    or an ID over 256 characters fails the path rule itself."""
+    for accepted in ("ana@example.com", "x" * 256):
+        r = client.get(f"/creators/{accepted}/goods")
+        assert r.status_code == 422 and "64-bit integers" in r.text, r.text
+    for refused in ("a%20b", "x" * 257):
+        r = client.get(f"/creators/{refused}/goods")
+        assert r.status_code == 422 and "64-bit integers" not in r.text, r.text
+
+
 def test_not_json_and_too_large_bodies(client: TestClient):
     r = client.post(
         "/products/creators", content=b"{not json", headers={"content-type": "application/json"}
