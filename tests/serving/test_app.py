@@ -417,6 +417,24 @@ def test_a_body_shorter_than_its_length_is_a_408_not_a_held_connection(
     assert json.loads(body)["error"] == "body_timeout"
 
 
+def test_files_truncated_under_a_running_service_do_not_crash_it(served: Path, tmp_path):
+    """Editing a run folder while it is served (a retrain, a truncated copy) must not kill
+    the server with SIGBUS: what it serves is in its own memory, not mapped files."""
+    import shutil
+    import subprocess
+    import sys
+
+    copy = tmp_path / "served"
+    shutil.copytree(served, copy, symlinks=False)
+    script = Path(__file__).with_name("truncate_while_serving.py")
+    out = subprocess.run([sys.executable, str(script), str(copy)], capture_output=True,
+                         text=True, timeout=600, cwd=Path(__file__).parents[2])  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]  # -7 would be SIGBUS
+    answers = json.loads(out.stdout.strip().splitlines()[-1])
+    assert answers["after"] == answers["before"] == [200, 200, 200]
+    assert answers["new"] == answers["product"] == 200
+
+
 def test_path_ids_follow_the_import_rule(client: TestClient):
     """An e-mail-like or 256-character ID (which import accepts) passes the path rule and
     reaches the lookup (this catalog's IDs are integers, so the lookup says so); a space
