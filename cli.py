@@ -608,10 +608,6 @@ def serve(
     run_server(cfg, sources, preset, config, overrides)
 
 
-if __name__ == "__main__":
-    app()
-
-
 # --- benchmarks: `haowu bench ...` (each calls one `bench.py` module and prints) ---
 
 
@@ -907,3 +903,7 @@ def bench_quality(
     if out is not None:
         write_json(result, out)
         typer.echo(f"wrote {out}")
+
+
+if __name__ == "__main__":  # last: every command above is registered
+    app()

@@ -28,6 +28,15 @@ def test_version_everywhere() -> None:
     assert shadowing() == []  # no other distribution ships features/, models/, ...
 
 
+def test_running_cli_py_as_a_script_knows_every_command() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "cli.py"), "bench", "--help"],
+        capture_output=True, text=True, check=False, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert all(name in result.stdout for name in ("quality", "train", "batch", "serve"))
+
+
 def test_ray_engine_without_the_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
     from serving.batch.shards import write_shards
 
