@@ -71,6 +71,9 @@ class MatchingConfig(StrictModel):
     history_max_items: int = Field(
         100, ge=0, description="random sample of a longer history (0 = all)"
     )
+    history_pooling: Literal["mean", "idf"] = Field(
+        "mean", description="mean of the history's goods, or weighted by their rarity (IDF)"
+    )
     creator_categorical: list[str] = Field(default=["category_pref", "price_band", "region"])
     creator_numeric: list[str] = Field(
         default=["followers", "fans_female_share", "account_age_days"]

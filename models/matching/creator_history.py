@@ -2,7 +2,9 @@
 
 Built once from the training matrix; a batch is gathered with index arithmetic, not a
 Python loop. Histories longer than `max_items` keep a random sample of that many goods,
-so one very active creator cannot make a batch arbitrarily large.
+so one very active creator cannot make a batch arbitrarily large. With IDF pooling a
+good's weight in the bag is its rarity, so a niche good says more about a creator than a
+bestseller every creator promotes.
 """
 
 from __future__ import annotations
@@ -21,10 +23,15 @@ class CreatorHistory:
         product_rows: np.ndarray,
         max_items: int,
         rng: np.random.Generator,
+        pooling: str = "mean",
     ) -> None:
         """`train`: (n_creators, n_products) training pairs; `product_rows`: product
-        position -> row of the history table (0 = OOV, as for the product IDs)."""
+        position -> row of the history table (0 = OOV, as for the product IDs);
+        `pooling`: "mean" or "idf" (each good weighted by log((1 + n) / (1 + df)) + 1)."""
         coo = train.tocoo()
+        self.item_weight = (
+            idf_weights(train) if pooling == "idf" else np.ones(train.shape[1], np.float32)
+        )
         # random order within each creator, then keep the first `max_items`
         order = np.lexsort((rng.random(coo.nnz), coo.row))
         creator, product = coo.row[order], coo.col[order].astype(np.int64)
@@ -45,7 +52,7 @@ class CreatorHistory:
         bag = np.repeat(np.arange(len(creators)), lengths)  # (N,) bag of each entry
         # (N,) positions in self.rows: each bag's start in the table plus the rank within it
         flat = np.arange(len(bag)) - offsets[bag] + self.indptr[creators][bag]
-        weights = np.ones(len(flat), dtype=np.float32)
+        weights = self.item_weight[self.products[flat]]  # a fresh array: safe to edit
         if leave_out is not None:
             weights[self.products[flat] == leave_out[bag]] = 0.0
         counts = np.bincount(bag, weights=weights, minlength=len(creators)).astype(np.float32)
@@ -55,3 +62,10 @@ class CreatorHistory:
             torch.from_numpy(weights),
             torch.from_numpy(counts),
         )
+
+
+def idf_weights(train: sp.csr_matrix) -> np.ndarray:
+    """Smoothed inverse document frequency of each product over creators (float32)."""
+    n_creators = train.shape[0]
+    df = np.bincount(train.indices, minlength=train.shape[1])
+    return (np.log((1.0 + n_creators) / (1.0 + df)) + 1.0).astype(np.float32)

@@ -48,3 +48,20 @@ def test_tower_reads_the_mean_history_and_zeros_without_one() -> None:
         model.creator_tower._history(history.batch(np.array([0])), 1, None)[0],
         table[[1, 3]].mean(0),
     )
+
+
+def test_idf_pooling_weights_rare_goods_above_common_ones() -> None:
+    # good 3 is held by two of three creators, the others by one: it weighs least
+    history = CreatorHistory(_matrix(), np.arange(5), 0, np.random.default_rng(0), "idf")
+    bags = history.batch(np.array([2]), leave_out=np.array([0]))
+    weight = dict(zip(bags.items.tolist(), bags.weights.tolist(), strict=True))
+    assert weight[0] == 0.0  # the target is still left out
+    assert weight[2] == weight[4] > weight[3] > 0
+    assert bags.counts.item() == np.float32(weight[2] + weight[3] + weight[4])
+    # the tower's bag is then the IDF-weighted mean of the goods' rows
+    cfg = TwoTowerConfig(TowerSpec(4, [], 0, history_rows=5), TowerSpec(5), id_dim=4, out_dim=4)
+    tower = TwoTower(cfg).eval().creator_tower
+    table = tower.history.weight.detach()
+    w = torch.tensor([weight[i] for i in (2, 3, 4)])
+    expected = (table[[2, 3, 4]] * w[:, None]).sum(0) / w.sum()
+    torch.testing.assert_close(tower._history(bags, 1, None)[0], expected)

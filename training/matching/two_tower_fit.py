@@ -37,6 +37,7 @@ from training.matching.optim import RowWiseAdagrad
 
 log = logging.getLogger(__name__)
 
+
 def optimizers(model: TwoTower, cfg: MatchingConfig) -> tuple[torch.optim.AdamW, RowWiseAdagrad]:
     """AdamW for the MLPs, row-wise Adagrad for the embedding tables."""
     dense = torch.optim.AdamW(model.dense_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -156,7 +157,9 @@ class TwoTowerTrainer(TwoTowerRecommender):
         )
         enc = self.encoders
         history = (
-            CreatorHistory(train, enc.product_ids.rows, cfg.history_max_items, rng)
+            CreatorHistory(
+                train, enc.product_ids.rows, cfg.history_max_items, rng, cfg.history_pooling
+            )
             if cfg.creator_history
             else None
         )
@@ -288,4 +291,3 @@ class TwoTowerTrainer(TwoTowerRecommender):
             {"epoch": epoch, "record": record, "model": self.model.state_dict()},
             self.checkpoint_dir / "last.pt",
         )
-
