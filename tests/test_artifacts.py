@@ -141,9 +141,10 @@ def test_registered_models_carry_their_code_and_requirements(tiny_pipeline, tmp_
     assert '"product_id"' in out.stdout and '"rank"' in out.stdout
     import mlflow
 
-    os.environ["MLFLOW_TRACKING_URI"], saved = tiny_pipeline.tracking_uri, os.environ[
-        "MLFLOW_TRACKING_URI"
-    ]
+    os.environ["MLFLOW_TRACKING_URI"], saved = (
+        tiny_pipeline.tracking_uri,
+        os.environ["MLFLOW_TRACKING_URI"],
+    )
     try:
         for name, needs in (("haowu-matching", "torch=="), ("haowu-tier", "lightgbm==")):
             local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}@champion"))

@@ -85,6 +85,21 @@ def test_model_beats_popularity_and_cold_start(matching_run) -> None:
     assert m["cold_recall@50"] > m["cold_pop_recall@50"]
 
 
+def test_run_says_which_model_won_on_validation(matching_run) -> None:
+    out, m = matching_run
+    prefixes = {"two_tower": "", "pop": "pop_", "als": "als_", "itemknn": "itemknn_"}
+    scores = {name: m[f"{prefix}val_recall@50"] for name, prefix in prefixes.items()}
+    best = max(v for name, v in scores.items() if name != "two_tower")
+    assert m["val_ratio_vs_best_baseline"] == pytest.approx(scores["two_tower"] / best)
+    assert "oracle_val_recall@50" not in m  # the oracle is no baseline
+    winner = max(scores, key=lambda name: scores[name])
+    assert f"random: {winner} won on validation val_recall@50" in (out / "metrics.md").read_text()
+    from mlflow import MlflowClient
+
+    run_ = MlflowClient().get_run(json.loads((out / "run.json").read_text())["run_id"])
+    assert run_.data.tags["random.val_winner"] == winner
+
+
 def test_registered_in_mlflow(matching_run) -> None:
     from mlflow import MlflowClient
 

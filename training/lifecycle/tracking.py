@@ -251,3 +251,8 @@ def log_artifacts(folder: Path, artifact_path: str | None = None) -> None:
 
 def log_artifact(path: Path, artifact_path: str | None = None) -> None:
     _mlflow().log_artifact(str(path), artifact_path=artifact_path)
+
+
+def set_tags(tags: Mapping[str, str]) -> None:
+    if tags:
+        _mlflow().set_tags(dict(tags))

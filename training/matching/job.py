@@ -69,14 +69,20 @@ from training.evaluation.oracle_model import OracleRecommender
 from training.evaluation.splits import Split, SplitError, cold_products, random_split, time_split
 from training.lifecycle import tracking
 from training.matching.two_tower_fit import TwoTowerTrainer
+from training.matching.verdict import (
+    MODEL,
+    PROTOCOL_PREFIX,
+    Verdict,
+    metric_name,
+    val_metric,
+    verdict,
+)
 
 log = logging.getLogger(__name__)
 
-MODEL = "two_tower"
 REGISTERED_NAME = "haowu-matching"
 # what the job reads, validated before anything is written (features/validate.py)
 INPUT_TABLES = ("merchants", "creators", "products", "product_stats", "interactions")
-PROTOCOL_PREFIX = {"random": "", "time": "time_", "cold": "cold_"}
 
 
 def make_baselines(cfg: MatchingConfig, n_products: int) -> dict[str, Recommender]:
@@ -103,8 +109,7 @@ def make_baselines(cfg: MatchingConfig, n_products: int) -> dict[str, Recommende
 
 def metric_names(protocol: str, model: str, metrics: dict[str, float]) -> dict[str, float]:
     """`recall@50` of model `als` under protocol `time` -> `time_als_recall@50`."""
-    prefix = PROTOCOL_PREFIX[protocol] + ("" if model == MODEL else f"{model}_")
-    return {f"{prefix}{k}": v for k, v in metrics.items()}
+    return {metric_name(protocol, model, k): v for k, v in metrics.items()}
 
 
 class MatchingJob:
@@ -150,6 +155,7 @@ class MatchingJob:
         self.results: dict[str, dict[str, EvalResult]] = {}
         self.history: dict[str, list[dict[str, float]]] = {}
         self.timings: dict[str, float] = {}
+        self.verdicts: dict[str, Verdict] = {}
         self.best_epoch = self.mcfg.epochs
 
     def two_tower(self, cfg: MatchingConfig | None = None, curve: str = "") -> TwoTowerTrainer:
@@ -187,6 +193,7 @@ class MatchingJob:
             start = time.perf_counter()
             models[name] = baseline.fit(train, val)
             self.timings[f"{split.name}_{name}_fit_seconds"] = time.perf_counter() - start
+        self._judge(split, models)
         if self.oracle is not None:
             models["oracle"] = self.oracle
         for protocol, task in tasks.items():
@@ -201,8 +208,28 @@ class MatchingJob:
                 )
         return model
 
+    def _judge(self, split: Split, models: dict[str, Recommender]) -> None:
+        """Score every model on the split's validation pairs: which won, by how much."""
+        cfg = self.mcfg
+        if not split.val.any():
+            return
+        task = make_task("val", self.inter, split.val, split.train, cfg.val_creators, cfg.seed)
+        k = cfg.early_stop_k
+        scores = {
+            name: run_eval(m, task, [k], None, cfg.eval_batch).metrics[f"recall@{k}"]
+            for name, m in models.items()
+        }
+        found = verdict(split.name, val_metric(k), scores)
+        if found is not None:
+            self.verdicts[split.name] = found
+            log.info("validation verdict, %s", found.line())
+
     def metrics(self) -> dict[str, float]:
         out: dict[str, float] = {}
+        for protocol, found in self.verdicts.items():
+            for name, value in found.scores.items():
+                out[metric_name(protocol, name, found.metric)] = value
+            out[f"{PROTOCOL_PREFIX[protocol]}val_ratio_vs_best_baseline"] = found.ratio
         for protocol, by_model in self.results.items():
             for name, result in by_model.items():
                 out.update(metric_names(protocol, name, result.metrics))
@@ -257,6 +284,14 @@ def _markdown(table: pd.DataFrame, ks: list[int]) -> str:
             lines.append(f"| {model} | " + " | ".join(f"{v:.4f}" for v in row) + " |")
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
+
+
+def _verdict_markdown(verdicts: dict[str, Verdict]) -> str:
+    if not verdicts:
+        return ""
+    lines = ["", "### validation: which model won", ""]
+    lines += [f"- {v.line()}" for v in verdicts.values()]
+    return "\n".join(lines) + "\n"
 
 
 def _save_model(job: MatchingJob, model: TwoTowerTrainer, folder: Path) -> None:
@@ -342,7 +377,9 @@ def run(
             metrics = job.metrics()
             table = _table(job)
             table.to_csv(staging / "metrics.csv", index=False)
-            (staging / "metrics.md").write_text(_markdown(table, mcfg.eval_k))
+            (staging / "metrics.md").write_text(
+                _markdown(table, mcfg.eval_k) + _verdict_markdown(job.verdicts)
+            )
             write_json(metrics, staging / METRICS)
             write_json(job.history, staging / HISTORY)
             (staging / "config.yaml").write_text(
@@ -355,6 +392,7 @@ def run(
                     title=f"Recall@k, protocol {protocol}",
                 )
             tracking.log_metrics(metrics)
+            tracking.set_tags({f"{p}.val_winner": v.winner for p, v in job.verdicts.items()})
             for item in staging.iterdir():  # the model folder is logged once, with the pyfunc
                 if item.is_dir() and item.name != MODEL_DIR:
                     tracking.log_artifacts(item, artifact_path=f"run/{item.name}")

@@ -15,6 +15,7 @@ from typing import Any
 from features.steps import StepLedger
 from models.artifacts import METRICS, SUCCESS, TIERS, PipelineLayout
 from training.evaluation import list_stats
+from training.matching.verdict import from_metrics
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,17 @@ def _matching(metrics: dict[str, float], k: int = 50) -> dict[str, Any]:
     for key in (f"coverage@{k}", f"category_coverage@{k}", f"oracle_ratio@{k}", f"ndcg@{k}"):
         if key in metrics:
             out[key] = metrics[key]
+    verdicts = {}
+    for protocol in ("random", "time"):
+        found = from_metrics(metrics, protocol, MATCHING_MODELS)
+        if found is not None:
+            verdicts[protocol] = {
+                "winner": found.winner,
+                "best_baseline": found.best_baseline,
+                "ratio": found.ratio,
+            }
+    if verdicts:
+        out["validation"] = verdicts
     return out
 
 
@@ -144,6 +156,11 @@ def format_summary(summary: dict[str, Any]) -> str:
                 )
         if "oracle_ratio@50" in matching:
             row("two-tower / oracle", _r(matching["oracle_ratio@50"]))
+        for protocol, v in matching.get("validation", {}).items():
+            row(
+                f"validation winner ({protocol})",
+                f"{v['winner']}: two-tower {v['ratio']:.2f}x best baseline ({v['best_baseline']})",
+            )
     promotion = summary.get("promotion", {})
     if promotion:
         lines.append("registry")
