@@ -18,8 +18,7 @@ def resolve_device(setting: str, cuda_available: bool | None = None) -> torch.de
         return torch.device("cuda" if has_cuda else "cpu")
     if setting == "cuda" and not has_cuda:
         raise ConfigError(
-            "matching.device=cuda, but PyTorch sees no GPU here "
-            "(use matching.device=auto or cpu)"
+            "matching.device=cuda, but PyTorch sees no GPU here (use matching.device=auto or cpu)"
         )
     if setting not in ("cpu", "cuda"):
         raise ConfigError(f"matching.device must be auto, cpu or cuda, got {setting!r}")

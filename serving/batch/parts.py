@@ -19,6 +19,7 @@ ShardFactory = Callable[[], ShardFn]
 Shard = tuple[int, int, int]  # (part, first query, end query)
 OnDone = Callable[[int, int, int], None]  # (part, queries, rows)
 
+
 class OutputWriteError(HaowuError):
     """The output folder cannot be written (read-only, disk full, not a folder)."""
 

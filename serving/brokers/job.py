@@ -44,7 +44,6 @@ log = logging.getLogger(__name__)
 Scorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
-
 @dataclass
 class BrokerResult:
     """One broker's assignment (positions into `creator_ids` / `product_ids`) and stats."""
