@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from features.errors import ConfigError
 from features.strict_model import StrictModel
@@ -128,6 +128,10 @@ class MatchingConfig(StrictModel):
     neg_weight: float = Field(
         1.0, gt=0, description="cosine_contrastive: weight of the mean negative term"
     )
+    in_batch_negatives: bool = Field(
+        True,
+        description="cosine_contrastive: false = the uniform extra negatives alone (SimpleX)",
+    )
     max_train_pairs: int = Field(0, ge=0, description="sample this many training pairs (0 = all)")
     refit_all: bool = Field(True, description="refit the served model on every pair")
     # evaluation
@@ -157,6 +161,12 @@ class MatchingConfig(StrictModel):
     ease_lambda: float = Field(500.0, gt=0)
     ease_max_products: int = Field(20000, gt=0, description="larger catalogs use ItemKNN")
     itemknn_neighbors: int = Field(100, gt=0)
+
+    @model_validator(mode="after")
+    def _negatives_exist(self) -> MatchingConfig:
+        if not self.in_batch_negatives and self.extra_negatives == 0:
+            raise ValueError("in_batch_negatives=false needs extra_negatives > 0")
+        return self
 
 
 class BrokersConfig(StrictModel):
@@ -418,7 +428,8 @@ def load_settings(
         return Settings.model_validate(raw)
     except ValidationError as exc:
         lines = [
-            f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {err.get('input')!r})"
+            f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+            + ("" if isinstance(err.get("input"), dict) else f" (got {err.get('input')!r})")
             for err in exc.errors()
-        ]
+        ]  # a rule across keys names its section, not the whole section's values
         raise ConfigError("invalid settings:\n" + "\n".join(lines)) from None

@@ -224,6 +224,7 @@ def cosine_contrastive_loss(
     extra: torch.Tensor | None = None,
     log_q: torch.Tensor | None = None,
     extra_log_q: torch.Tensor | None = None,
+    in_batch: bool = True,
 ) -> torch.Tensor:
     """SimpleX's cosine contrastive loss (Mao et al., CIKM 2021) on unit-length towers:
 
@@ -236,8 +237,16 @@ def cosine_contrastive_loss(
     logQ: SimpleX means a mean over uniformly drawn goods, but in-batch negatives come in
     proportion to popularity, which would push popular goods down. With `log_q` (log of
     each candidate's expected count per batch) the mean is importance-weighted by
-    1 / q: a self-normalised estimate of the mean over the whole catalog.
+    1 / q: a self-normalised estimate of the mean over the whole catalog. With
+    `in_batch=False` the negatives are the `extra` pool alone, drawn uniformly, which is
+    SimpleX as published (no importance weights, whose variance the rare goods inflate).
     """
+    if not in_batch:
+        if extra is None:
+            raise ValueError("cosine contrastive loss without in-batch negatives needs extras")
+        positive = (creator * product).sum(dim=1)
+        negative = F.relu(creator @ extra.T - margin).mean(dim=1)  # (B,)
+        return ((1.0 - positive) + neg_weight * negative).mean()
     batch = creator.shape[0]
     positive = (creator * product).sum(dim=1)  # (B,)
     penalty = F.relu(creator @ product.T - margin)  # (B, B)
@@ -248,9 +257,7 @@ def cosine_contrastive_loss(
     if log_q is not None:
         weight = weight * torch.exp(-(log_q - log_q.min()))[None, :]  # shift: no overflow
     if extra is not None:
-        extra_weight = torch.ones(
-            batch, extra.shape[0], dtype=penalty.dtype, device=penalty.device
-        )
+        extra_weight = torch.ones(batch, extra.shape[0], dtype=penalty.dtype, device=penalty.device)
         if log_q is not None and extra_log_q is not None:
             extra_weight = extra_weight * torch.exp(-(extra_log_q - log_q.min()))[None, :]
         penalty = torch.cat([penalty, F.relu(creator @ extra.T - margin)], dim=1)

@@ -248,13 +248,25 @@ def _blocks(k: int = 4, creators: int = 30, items: int = 20, per_creator: int = 
 
 
 @pytest.mark.parametrize(
-    "loss, extra",
-    [("softmax", 0), ("softmax", 16), ("cosine_contrastive", 0), ("cosine_contrastive", 16)],
+    "loss, extra, in_batch",
+    [
+        ("softmax", 0, True),
+        ("softmax", 16, True),
+        ("cosine_contrastive", 0, True),
+        ("cosine_contrastive", 16, True),
+        ("cosine_contrastive", 32, False),  # SimpleX as published: uniform negatives alone
+    ],
 )
-def test_each_loss_recovers_a_planted_block_structure(loss: str, extra: int) -> None:
+def test_each_loss_recovers_a_planted_block_structure(loss: str, extra: int, in_batch) -> None:
     train, test = _blocks()
     cfg = _tiny_cfg(
-        epochs=15, patience=0, loss=loss, margin=0.5, extra_negatives=extra, id_only_dropout=0.0
+        epochs=15,
+        patience=0,
+        loss=loss,
+        margin=0.5,
+        extra_negatives=extra,
+        id_only_dropout=0.0,
+        in_batch_negatives=in_batch,
     )
     model = TwoTowerTrainer(cfg, progress=False).fit(train)
     k = 10

@@ -74,6 +74,7 @@ def train_step(
             extra=extra,
             log_q=log_q,
             extra_log_q=negatives_log_q,
+            in_batch=cfg.in_batch_negatives,
         )
     else:
         loss = in_batch_softmax_loss(
