@@ -192,7 +192,7 @@ class TuneConfig(StrictModel):
     trials: int = Field(20, gt=0, description="trials per model unless --trials/--minutes")
     seed: int = 42
     startup_trials: int = Field(3, ge=0, description="trials never pruned (median needs some)")
-    warmup_epochs: int = Field(1, ge=0, description="epochs of a trial never pruned")
+    warmup_epochs: int = Field(2, ge=0, description="first epochs of a trial, never pruned")
     two_tower: dict[str, Distribution] = Field(default_factory=dict)
     als: dict[str, Distribution] = Field(default_factory=dict)
     ease: dict[str, Distribution] = Field(default_factory=dict)

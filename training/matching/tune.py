@@ -29,7 +29,6 @@ from typing import Any
 
 import optuna
 import torch
-import yaml
 
 from features.errors import HaowuError, OutputExistsError
 from features.io import write_text
@@ -41,6 +40,7 @@ from training.matching.job import MODEL, make_baselines
 from training.matching.quality import LogSpec
 from training.matching.search_space import spaces, suggest, with_values
 from training.matching.tune_data import TuneData, from_folder, from_log
+from training.matching.tuned import tuned_yaml
 
 log = logging.getLogger(__name__)
 
@@ -207,26 +207,6 @@ def _test(
     return {m: scored[m] for m in metrics}
 
 
-def tuned_yaml(data: TuneData, metric: str, study: optuna.Study) -> str:
-    """The best two-tower settings as `matching: {...}`, with the data they fit."""
-    best = study.best_trial
-    tuned_on = TunedOn(
-        data=str(data.data_dir.resolve()) if data.data_dir is not None else data.name,
-        fingerprint=data.fingerprint,
-        columns=data.columns,
-        metric=f"val {metric}",
-        value=round(float(best.value), 4),
-        trials=len(study.trials),
-    )
-    header = (
-        f"# `haowu tune` on {data.name}: the two-tower's best of {len(study.trials)} trials.\n"
-        "# Use: haowu train-matching --data DIR --out RUN --config THIS_FILE; it refuses\n"
-        "# data whose side-feature columns differ from `tuned_on.columns`.\n"
-    )
-    doc = {"matching": best.user_attrs["values"], "tuned_on": tuned_on.model_dump()}
-    return header + yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=100)
-
-
 def run(
     settings: Settings,
     source: Path | LogSpec,
@@ -257,9 +237,10 @@ def run(
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own line per trial
     metric = f"recall@{base.early_stop_k}"
     test_metrics = list(dict.fromkeys([metric, *data.test_metrics]))
-    main = test_metrics[1] if data.test_metrics else metric  # a log's customary metric
-    median = optuna.pruners.MedianPruner(
-        n_startup_trials=tcfg.startup_trials, n_warmup_steps=tcfg.warmup_epochs
+    main = data.test_metrics[0] if data.test_metrics else metric  # a log's customary metric
+    median = optuna.pruners.MedianPruner(  # steps are epochs, from 1: the first that may
+        n_startup_trials=tcfg.startup_trials,  # be pruned is warmup_epochs + 1
+        n_warmup_steps=tcfg.warmup_epochs + 1,
     )
     params = {
         "tune": tcfg.model_dump(mode="json"),
@@ -309,7 +290,16 @@ def run(
         if summary["ratio"] is not None:
             tracking.log_metrics({"ratio": summary["ratio"]})
         tracking.log_params({"best": {m: r["settings"] for m, r in summary["models"].items()}})
-        write_text(tuned_yaml(data, metric, studies[MODEL]), out)
+        best = studies[MODEL].best_trial
+        tuned_on = TunedOn(
+            data=str(data.data_dir.resolve()) if data.data_dir is not None else data.name,
+            fingerprint=data.fingerprint,
+            columns=data.columns,
+            metric=f"val {metric}",
+            value=round(float(best.value), 4),
+            trials=len(studies[MODEL].trials),
+        )
+        write_text(tuned_yaml(best.user_attrs["values"], tuned_on), out)
         tracking.log_artifact(out, artifact_path="tune")
     summary["out"] = str(out)
     return summary

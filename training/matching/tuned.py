@@ -1,4 +1,5 @@
-"""The data a `haowu tune` YAML was tuned on, and the check `train-matching` makes.
+"""The YAML `haowu tune` writes, the data it was tuned on, and the check `train-matching`
+makes.
 
 A tuned file carries `tuned_on:` (features/settings.py `TunedOn`): the data folder, its
 fingerprint and the side-feature columns the towers read. Settings tuned for an ID-only
@@ -11,8 +12,11 @@ re-imported with more days) is fine: the settings still fit, and the log says so
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 import pandas as pd
+import yaml
 
 from features.errors import ConfigError
 from features.settings import TunedOn
@@ -29,6 +33,17 @@ def side_columns(creator_frame: pd.DataFrame, product_frame: pd.DataFrame) -> di
         "creators": sorted(str(c) for c in creator_frame.columns),
         "products": sorted(str(c) for c in product_frame.columns if c not in TIER_COLUMNS),
     }
+
+
+def tuned_yaml(values: Mapping[str, Any], tuned_on: TunedOn) -> str:
+    """The best two-tower settings as `matching: {...}`, with the data they were tuned on."""
+    header = (
+        f"# `haowu tune` on {tuned_on.data}: the two-tower's best of {tuned_on.trials} trials.\n"
+        "# Use: haowu train-matching --data DIR --out RUN --config THIS_FILE; it refuses\n"
+        "# data whose side-feature columns differ from `tuned_on.columns`.\n"
+    )
+    doc = {"matching": dict(values), "tuned_on": tuned_on.model_dump()}
+    return header + yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=100)
 
 
 def check_tuned_on(
