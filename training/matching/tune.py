@@ -292,7 +292,7 @@ def run(
         tracking.log_params({"best": {m: r["settings"] for m, r in summary["models"].items()}})
         best = studies[MODEL].best_trial
         tuned_on = TunedOn(
-            data=str(data.data_dir.resolve()) if data.data_dir is not None else data.name,
+            data=data.source,
             fingerprint=data.fingerprint,
             columns=data.columns,
             metric=f"val {metric}",

@@ -38,6 +38,7 @@ class TuneData:
     full: sp.csr_matrix  # fit + val: the best settings' refit before the test
     test: EvalTask
     data_dir: Path | None  # a contract folder (its MLflow dataset), None for a text log
+    source: str  # the folder read, resolved (a tuned file's `tuned_on.data`)
     fingerprint: str | None
     columns: dict[str, list[str]]  # side-feature columns (a tuned file's `tuned_on`)
     test_metrics: tuple[str, ...] = ()  # a public log's customary metrics, besides recall
@@ -73,6 +74,7 @@ def from_folder(settings: Settings, data_dir: Path) -> TuneData:
         full=inter.csr(seen),
         test=make_task("test", inter, split.test, seen, cfg.eval_creators, cfg.seed),
         data_dir=Path(data_dir),
+        source=str(Path(data_dir).resolve()),
         fingerprint=tracking.data_fingerprint(data_dir),
         columns=side_columns(job.creator_frame, job.product_frame),
     )
@@ -99,6 +101,7 @@ def from_log(settings: Settings, spec: LogSpec) -> TuneData:
         full=full,
         test=EvalTask("test", np.flatnonzero(np.diff(qlog.test.indptr) > 0), qlog.test, full),
         data_dir=spec.path if spec.format == "pairs" else None,
+        source=str(spec.path.resolve()),
         fingerprint=fingerprint,
         columns=side_columns(qlog.job.creator_frame, qlog.job.product_frame),
         test_metrics=tuple(qlog.metrics),

@@ -43,7 +43,16 @@ def tuned_yaml(values: Mapping[str, Any], tuned_on: TunedOn) -> str:
         "# data whose side-feature columns differ from `tuned_on.columns`.\n"
     )
     doc = {"matching": dict(values), "tuned_on": tuned_on.model_dump()}
-    return header + yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=100)
+    return header + yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=100)
+
+
+class _Dumper(yaml.SafeDumper):
+    """Mappings as blocks, lists on one line (`creators: [category_pref, region]`)."""
+
+
+_Dumper.add_representer(
+    list, lambda dumper, value: dumper.represent_sequence("tag:yaml.org,2002:seq", value, True)
+)
 
 
 def check_tuned_on(
