@@ -414,6 +414,43 @@ def train_matching(
 
 @app.command()
 @fails_cleanly
+def tune(
+    data: Annotated[Path | None, typer.Option(help="data folder (contract tables)")] = None,
+    log_: Annotated[
+        str | None,
+        typer.Option("--log", help="or a public log, NAME=FORMAT:DIR as `bench quality` reads"),
+    ] = None,
+    trials: Annotated[
+        int | None, typer.Option(help="trials per model (default tune.trials)")
+    ] = None,
+    minutes: Annotated[
+        float | None, typer.Option(help="time budget of the two-tower study, in minutes")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="best two-tower settings (default tune/NAME.yaml)")
+    ] = None,
+    preset: PresetOpt = "small",
+    overwrite: Annotated[bool, typer.Option(help="replace an existing --out file")] = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Tune the two-tower model, ALS and EASE with Optuna (same trials each); print the
+    test table; write the best two-tower settings for `train-matching --config`."""
+    from training.matching.quality import LogSpec
+    from training.matching.tune import TuneError, table
+    from training.matching.tune import run as run_tune
+
+    if (data is None) == (log_ is None):
+        raise TuneError("give one of --data DIR or --log NAME=FORMAT:DIR")
+    source = LogSpec.parse(log_) if log_ is not None else data
+    cfg = settings(preset, config, set_)
+    summary = run_tune(cfg, source, out, trials, minutes, overwrite)  # type: ignore[arg-type]
+    typer.echo(table(summary))
+    typer.echo(f"wrote {summary['out']} (use: haowu train-matching --config {summary['out']})")
+
+
+@app.command()
+@fails_cleanly
 def recommend(
     out: Annotated[Path, typer.Option(help="lists folder to write")],
     from_: FromOpt = None,

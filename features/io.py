@@ -135,7 +135,12 @@ def write_part(df: pd.DataFrame, folder: Path, index: int) -> Path:
 
 
 def write_json(obj: Any, path: Path) -> Path:
-    """Write JSON atomically and durably; used for manifests and metrics.
+    """Write JSON atomically and durably (`write_text`); used for manifests and metrics."""
+    return write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", path)
+
+
+def write_text(text: str, path: Path) -> Path:
+    """Write a text file atomically and durably.
 
     The text goes to a temporary file of a unique name in the same folder (two writers
     of one path never share a temporary file), is flushed to disk (fsync) and only then
@@ -144,7 +149,6 @@ def write_json(obj: Any, path: Path) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, _default_mode(0o666))

@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
@@ -167,6 +167,60 @@ class MatchingConfig(StrictModel):
         if not self.in_batch_negatives and self.extra_negatives == 0:
             raise ValueError("in_batch_negatives=false needs extra_negatives > 0")
         return self
+
+
+class FloatRange(StrictModel):
+    """A float setting drawn from [low, high], log-uniform when `log`."""
+
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+
+
+class IntRange(StrictModel):
+    """An int setting drawn from low..high (by `step`, or log-uniform when `log`)."""
+
+    type: Literal["int"]
+    low: int
+    high: int
+    step: int = Field(1, gt=0)
+    log: bool = False
+
+
+class Choice(StrictModel):
+    """A setting drawn from a list of values (numbers, names, lists)."""
+
+    type: Literal["categorical"]
+    choices: list[Any] = Field(min_length=1)
+
+
+Distribution = Annotated[FloatRange | IntRange | Choice, Field(discriminator="type")]
+
+
+class TuneConfig(StrictModel):
+    """`haowu tune`: the budget, the sampler's seed, the pruner and the search spaces.
+    Every key of a space is a `matching.*` setting (checked before any training)."""
+
+    trials: int = Field(20, gt=0, description="trials per model unless --trials/--minutes")
+    seed: int = 42
+    startup_trials: int = Field(3, ge=0, description="trials never pruned (median needs some)")
+    warmup_epochs: int = Field(2, ge=0, description="first epochs of a trial, never pruned")
+    two_tower: dict[str, Distribution] = Field(default_factory=dict)
+    als: dict[str, Distribution] = Field(default_factory=dict)
+    ease: dict[str, Distribution] = Field(default_factory=dict)
+
+
+class TunedOn(StrictModel):
+    """What a `haowu tune` YAML was tuned on: `train-matching` refuses it for a data set
+    whose side-feature columns differ (the towers it tuned would not be the same)."""
+
+    data: str
+    fingerprint: str | None = None
+    columns: dict[str, list[str]]
+    metric: str
+    value: float
+    trials: int
 
 
 class BrokersConfig(StrictModel):
@@ -358,9 +412,11 @@ class Settings(StrictModel):
     policy: PolicyConfig = PolicyConfig()
     batch: BatchConfig = BatchConfig()
     serve: ServeConfig = ServeConfig()
+    tune: TuneConfig = TuneConfig()
+    tuned_on: TunedOn | None = None  # set by a `haowu tune` YAML, not a config group
 
 
-GROUPS: tuple[str, ...] = tuple(Settings.model_fields)
+GROUPS: tuple[str, ...] = tuple(name for name in Settings.model_fields if name != "tuned_on")
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -253,6 +253,11 @@ def log_artifact(path: Path, artifact_path: str | None = None) -> None:
     _mlflow().log_artifact(str(path), artifact_path=artifact_path)
 
 
+def log_params(params: Mapping[str, Any]) -> None:
+    """Params added to the active run after it opened (e.g. a search's best settings)."""
+    _mlflow().log_params(flatten(params))
+
+
 def set_tags(tags: Mapping[str, str]) -> None:
     if tags:
         _mlflow().set_tags(dict(tags))

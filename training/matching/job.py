@@ -32,7 +32,7 @@ import torch
 import yaml
 
 from features.idmap import ID_MAPS_DIR, id_map_path
-from features.io import atomic_output_dir, write_json
+from features.io import atomic_output_dir, ensure_empty_output, write_json
 from features.matching_data import (
     Interactions,
     creator_frame,
@@ -68,6 +68,7 @@ from training.evaluation.evaluate import evaluate as run_eval
 from training.evaluation.oracle_model import OracleRecommender
 from training.evaluation.splits import Split, SplitError, cold_products, random_split, time_split
 from training.lifecycle import tracking
+from training.matching.tuned import check_tuned_on, side_columns
 from training.matching.two_tower_fit import TwoTowerTrainer
 from training.matching.verdict import (
     MODEL,
@@ -344,12 +345,20 @@ def run(
     mcfg = cfg.matching
     torch.set_num_threads(mcfg.threads)
     started = time.perf_counter()
+    ensure_empty_output(Path(out), overwrite)
+    job = MatchingJob(cfg, data_dir, tiers, progress)
+    if cfg.tuned_on is not None:  # a `haowu tune` YAML: only for data with its columns
+        check_tuned_on(
+            cfg.tuned_on,
+            side_columns(job.creator_frame, job.product_frame),
+            str(Path(data_dir)),
+            tracking.data_fingerprint(data_dir),
+        )
     with atomic_output_dir(Path(out), overwrite) as staging:
         params = {"matching": mcfg.model_dump(), "tiers": str(tiers) if tiers else "none"}
         with tracking.job_run(
             "train-matching", params, data_dir, tags={RUN_DIR_TAG: str(Path(out).resolve())}
         ) as mlrun:
-            job = MatchingJob(cfg, data_dir, tiers, progress)
             served: TwoTowerTrainer | None = None
             for protocol in mcfg.protocols:
                 if protocol == "random":
