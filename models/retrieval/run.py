@@ -155,10 +155,14 @@ def _searchable(
         return EmbeddingIndex.build(
             side.vectors[listed], side.ids.ids[listed], cfg.model_copy(update={"kind": "flat"})
         )
+    # a saved index that `haowu refresh` updated already holds its new items and lacks its
+    # removed ones: add and remove only what it does not reflect yet
     gone = ~side.listed & ~side.new
+    gone[gone] = base.contains(side.ids.ids[gone])
     if gone.any():
         base.remove(side.ids.ids[gone])
     fresh = side.new & side.listed
+    fresh[fresh] = ~base.contains(side.ids.ids[fresh])
     if fresh.any():
         base.add(side.vectors[fresh], side.ids.ids[fresh], cfg.add_batch)
     return base
@@ -256,31 +260,49 @@ class RetrievalRun:
         return run
 
     # -------------------------------------------------------------- indexes
+    def _sides(self, name: str) -> tuple[Side, Side]:
+        """(indexed side, query side) of the "products" or "creators" index."""
+        if name not in ("products", "creators"):
+            raise RetrievalError(f"no {name!r} index; choose products or creators")
+        if name == "products":
+            return self.products, self.creators
+        return self.creators, self.products
+
+    def saved_index(self, name: str, folder: Path | None = None) -> EmbeddingIndex:
+        """The index saved beside the model (`MODEL/index/NAME.*`, built and tuned on
+        first use), as saved: without this data's new items added or delisted ones
+        removed (`haowu refresh` updates it and saves it back). `folder` reads (and on
+        first use writes) another copy of `MODEL/index` (a refresh's staged one)."""
+        side, other = self._sides(name)
+        threads = faiss.omp_get_max_threads()  # a batch worker's share: keep it
+        model = ~side.new
+        rng = np.random.default_rng(self.index_cfg.seed)
+        known = np.flatnonzero(~other.new)
+        sample = np.sort(
+            rng.choice(known, min(len(known), self.index_cfg.tune_queries), replace=False)
+        )
+        base = model_index(
+            folder or self.folder / INDEX_DIR,
+            name,
+            side.ids.ids[model],
+            side.vectors if model.all() else side.vectors[model],
+            other.vectors[sample],
+            self.index_cfg,
+        )
+        set_threads(threads)
+        return base
+
+    def use_index(self, name: str, index: EmbeddingIndex) -> None:
+        """Search `index` for NAME from now on (an index updated by `haowu refresh`)."""
+        self._sides(name)
+        self._indexes[name] = index
+
     def index(self, name: str) -> EmbeddingIndex:
         """ "products" (creator -> goods) or "creators" (product -> creators), searchable."""
         if name not in self._indexes:
-            if name not in ("products", "creators"):
-                raise RetrievalError(f"no {name!r} index; choose products or creators")
-            side, other = self.products, self.creators
-            if name == "creators":
-                side, other = other, side
-            threads = faiss.omp_get_max_threads()  # a batch worker's share: keep it
-            base = None
-            if not self.exact:
-                model = ~side.new
-                rng = np.random.default_rng(self.index_cfg.seed)
-                known = np.flatnonzero(~other.new)
-                sample = np.sort(
-                    rng.choice(known, min(len(known), self.index_cfg.tune_queries), replace=False)
-                )
-                base = model_index(
-                    self.folder / INDEX_DIR,
-                    name,
-                    side.ids.ids[model],
-                    side.vectors if model.all() else side.vectors[model],
-                    other.vectors[sample],
-                    self.index_cfg,
-                )
+            side, _ = self._sides(name)
+            threads = faiss.omp_get_max_threads()
+            base = None if self.exact else self.saved_index(name)
             self._indexes[name] = _searchable(base, side, self.index_cfg, self.exact)
             set_threads(threads)
         return self._indexes[name]
