@@ -47,6 +47,7 @@ from serving.refresh.lists import Rewrite, rewrite_creator_lists, rewrite_produc
 from serving.refresh.manifest import (
     RefreshError,
     check_model,
+    check_policy,
     lists_manifest,
     now,
     updated_success,
@@ -113,6 +114,7 @@ def _refresh(cfg: Settings, layout: PipelineLayout, staging: Staging, delta: Any
     digest = model_digest(model_folder)
     creator_manifest = lists_manifest(layout.creator_lists)
     check_model(creator_manifest, layout.creator_lists, digest)
+    check_policy(creator_manifest, layout.creator_lists, cfg.policy.model_dump(mode="json"))
     product_manifest = None
     if layout.product_lists.is_dir():
         product_manifest = lists_manifest(layout.product_lists)
@@ -159,7 +161,8 @@ def _refresh(cfg: Settings, layout: PipelineLayout, staging: Staging, delta: Any
             staging.path(layout.product_lists.relative_to(layout.root) / SUCCESS).parent,
             int(product_manifest["k"]),
             goods.added,
-            goods.removed,
+            # the goods this delta took out (a good L0 before keeps its invitation list)
+            np.intersect1d(goods.removed, retiered.product_ids),
             remove,
         )
     t = lap("lists", t)

@@ -45,6 +45,18 @@ def check_model(manifest: dict[str, Any], folder: Path, digest: str) -> None:
         )
 
 
+def check_policy(manifest: dict[str, Any], folder: Path, policy: dict[str, Any]) -> None:
+    """Lists refreshed under one policy must have been written under it (the same
+    settings as the pipeline: pass its --preset and --set)."""
+    written = manifest.get("policy")
+    if written is not None and written != policy:
+        changed = sorted(k for k in set(written) | set(policy) if written.get(k) != policy.get(k))
+        raise RefreshError(
+            f"{folder} was written under another policy ({', '.join(changed[:4])} differ): "
+            "refresh with the pipeline's settings (--preset, --config, --set)"
+        )
+
+
 def updated_success(
     manifest: dict[str, Any], digests: dict[str, str | None], rows: int, summary: dict[str, Any]
 ) -> dict[str, Any]:

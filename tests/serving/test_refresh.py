@@ -122,6 +122,8 @@ def _merchant_of_few_listed_goods(root: Path) -> tuple[int, set[int]]:
 def test_only_changed_lists_are_rewritten_and_the_index_is_patched(pipeline, cfg, tmp_path):
     d = PipelineLayout(pipeline)
     before, files_before = _lists(pipeline), _folder_digest(d.creator_lists)
+    plaza_before = pd.read_parquet(d.product_lists)
+    tiers_before = pd.read_parquet(d.tier / "tiers.parquet")
     creators = sorted(before["creator_id"].unique())
     rng = np.random.default_rng(0)
     delta = tmp_path / "delta"
@@ -169,6 +171,8 @@ def test_only_changed_lists_are_rewritten_and_the_index_is_patched(pipeline, cfg
     # new goods have product lists; the refresh manifest and _SUCCESS say what happened
     plaza = pd.read_parquet(d.product_lists)
     assert set(goods) <= set(plaza["product_id"]) and not set(plaza["product_id"]) & flagged_goods
+    l0 = set(tiers_before.loc[tiers_before["tier"] == 0, "product_id"]) - flagged_goods
+    assert l0 & set(plaza_before["product_id"]) <= set(plaza["product_id"])  # not this delta's
     success = json.loads((d.creator_lists / SUCCESS).read_text())
     assert success["rows"] == len(after) and success["refresh"]["delta_digest"]
     assert success["data_digest"] == manifest["data_digest"] != manifest["data_digest_before"]
@@ -324,6 +328,19 @@ def test_bad_deltas_are_refused_and_dir_is_untouched(base, cfg, tmp_path, kind):
     with pytest.raises(HaowuError, match=BAD[kind]) as exc:
         refresh(cfg, base, delta)
     assert str(delta) in str(exc.value) or kind == "empty"
+    assert _folder_digest(base) == state
+
+
+def test_lists_of_another_policy_are_refused(base, tiny_pipeline, tmp_path):
+    delta = tmp_path / "delta"
+    delta.mkdir()
+    _new_interactions(base / "data", [int(_lists(base)["creator_id"].iloc[0])], delta)
+    other = load_settings(
+        "tiny", overrides=[*_overrides(tiny_pipeline.args), "policy.mmr_lambda=0.5"]
+    )
+    state = _folder_digest(base)
+    with pytest.raises(HaowuError, match="another policy.*mmr_lambda"):
+        refresh(other, base, delta)
     assert _folder_digest(base) == state
 
 
