@@ -67,6 +67,7 @@ MATCHES = "matches.parquet"
 BROKER_SUMMARY = "broker_summary.parquet"
 MODEL_DIGEST = "digest.json"
 BATCH_LOCK = "_lock"
+REFRESHED_CREATORS = "creators.refreshed.npz"  # MODEL/index/: creators re-embedded by refresh
 REFRESH_DIR = ".refresh"  # pipeline DIR/: the refresh's staging, journal and ledger
 REFRESH_STAGING = "staging"  # .refresh/staging/: outputs mirrored by their path under DIR
 REFRESH_PLAN = "_plan.json"  # staging/: written last; present = committed, roll forward

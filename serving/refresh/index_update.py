@@ -139,14 +139,22 @@ def update_goods_index(run: RetrievalRun, cfg: Settings, saved: Path) -> IndexUp
     return update
 
 
-def update_creators_index(run: RetrievalRun, cfg: Settings, saved: Path) -> IndexUpdate:
-    """The saved creators index with the new creators added."""
+def update_creators_index(
+    run: RetrievalRun, cfg: Settings, saved: Path, moved: np.ndarray | None = None
+) -> IndexUpdate:
+    """The saved creators index with the new creators added and the `moved` ones
+    (re-embedded from their history) replaced by their new vectors."""
     side = run.creators
     index = run.saved_index("creators", saved)
+    replaced = np.empty(0, np.int64) if moved is None else moved[index.contains(moved)]
+    if len(replaced):
+        index.remove(replaced)  # added back below with the new vectors
     add = side.listed & ~index.contains(side.ids.ids)
     if add.any():
         index.add(np.asarray(side.vectors[add], np.float32), side.ids.ids[add], cfg.index.add_batch)
-    update = IndexUpdate("creators", index, side.ids.ids[add], np.empty(0, np.int64))
+    update = IndexUpdate(
+        "creators", index, side.ids.ids[add], replaced, {"reembedded": len(replaced)}
+    )
     _check(update, side, _sample(run.products, cfg.refresh.probe_queries, cfg.refresh.seed), cfg)
     run.use_index("creators", update.index)
     return update

@@ -32,6 +32,7 @@ from features.io import files_digest, write_json
 from features.settings import Settings
 from models.artifacts import (
     INDEX_DIR,
+    REFRESHED_CREATORS,
     SUCCESS,
     TIERS,
     PipelineLayout,
@@ -41,6 +42,7 @@ from models.artifacts import (
 )
 from models.retrieval.run import RetrievalRun
 from serving.batch.folder_lock import output_lock
+from serving.refresh.creators import reembed, save_overlay
 from serving.refresh.delta import read_delta
 from serving.refresh.index_update import save_index, update_creators_index, update_goods_index
 from serving.refresh.lists import Rewrite, rewrite_creator_lists, rewrite_product_lists
@@ -131,11 +133,16 @@ def _refresh(cfg: Settings, layout: PipelineLayout, staging: Staging, delta: Any
 
     retrieval = RetrievalRun.load(data_view, model_folder, tier_folder, cfg.index, cfg.policy)
     index_rel = model_folder.resolve().relative_to(layout.root.resolve()) / INDEX_DIR
+    reembedded = reembed(retrieval, model_folder, data_view, changes.interaction_creators)
+    t = lap("creator_history", t)
     saved = staging.folder(index_rel, copy=True)  # built here on first use
     goods = update_goods_index(retrieval, cfg, saved)
-    creators = update_creators_index(retrieval, cfg, saved)
+    moved = reembedded.moved if reembedded is not None else None
+    creators = update_creators_index(retrieval, cfg, saved, moved)
     for update in (goods, creators):
         save_index(update, staging.path(index_rel / SUCCESS).parent)
+    if reembedded is not None:
+        save_overlay(reembedded, staging.path(index_rel / REFRESHED_CREATORS))
     t = lap("indexes", t)
 
     def remove(path: Path) -> None:
@@ -176,6 +183,7 @@ def _refresh(cfg: Settings, layout: PipelineLayout, staging: Staging, delta: Any
         "changes": changes.counts(),
         "tiering": retiered.counts(),
         "indexes": {"products": goods.describe(), "creators": creators.describe()},
+        "creator_history": reembedded.describe() if reembedded is not None else None,
         "lists": {name: rewrite.describe() for name, rewrite in lists.items()},
     }
     for name, rewrite in lists.items():

@@ -20,8 +20,9 @@ from cli import app as cli_app
 from features.errors import HaowuError
 from features.io import read_table
 from features.settings import Settings, load_settings
-from models.artifacts import SUCCESS, PipelineLayout
+from models.artifacts import REFRESHED_CREATORS, SUCCESS, PipelineLayout
 from models.retrieval.index import EmbeddingIndex
+from models.retrieval.run import RetrievalRun
 from serving.api.app import create_app
 from serving.online.bundle import load_bundle
 from serving.online.sources import ServeSources
@@ -177,6 +178,21 @@ def test_only_changed_lists_are_rewritten_and_the_index_is_patched(pipeline, cfg
     assert success["rows"] == len(after) and success["refresh"]["delta_digest"]
     assert success["data_digest"] == manifest["data_digest"] != manifest["data_digest_before"]
     assert json.loads(d.refresh_manifest.read_text())["lists"]["creator"] == creator_lists
+    # the busy creators moved (updated history), kept beside the index, read back on load
+    history = manifest["creator_history"]
+    assert history["creators_reembedded"] == len(busy) and history["mean_cosine_to_before"] < 1
+    run = RetrievalRun.load(d.data, d.matching, d.tier)
+    model = np.load(d.matching / "model" / "creator_embeddings.npy")
+    at = run.creators.ids.positions(np.array(sorted(busy)))
+    with np.load(d.matching / "model" / "index" / REFRESHED_CREATORS) as saved:
+        assert saved["ids"].tolist() == sorted(busy)
+        np.testing.assert_array_equal(run.creators.vectors[at], saved["vectors"])
+    assert not np.allclose(run.creators.vectors[at], model[at])
+    still = np.setdiff1d(np.arange(len(model)), at)
+    np.testing.assert_array_equal(run.creators.vectors[still], model[still])
+    creators_index = EmbeddingIndex.load(d.matching / "model" / "index", "creators")
+    assert creators_index.contains(np.array(busy)).all()
+    assert manifest["indexes"]["creators"]["removed_why"] == {"reembedded": len(busy)}
     assert manifest["tiering"]["tiered"] >= len(goods) + len(flagged_goods)
     tiers = pd.read_parquet(d.tier / "tiers.parquet").set_index("product_id")["tier"]
     assert tiers.loc[goods].between(0, 5).all() and (tiers.loc[sorted(flagged_goods)] == 0).all()
