@@ -337,7 +337,7 @@ class RefreshConfig(StrictModel):
     """`haowu refresh` (serving/refresh/): when an updated index is rebuilt, not patched."""
 
     probe_queries: int = Field(
-        500, gt=0, description="fixed sample of creator vectors probing recall vs exact"
+        200, gt=0, description="fixed sample of creator vectors probing recall vs exact"
     )
     probe_k: int = Field(100, gt=0, description="recall@k of the probe (capped at the index size)")
     max_list_imbalance: float = Field(

@@ -21,6 +21,7 @@ The saved champion models are used as they are; nothing here imports training/.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -43,7 +44,7 @@ from models.artifacts import (
 from models.retrieval.run import RetrievalRun
 from serving.batch.folder_lock import output_lock
 from serving.refresh.creators import reembed, save_overlay
-from serving.refresh.delta import read_delta
+from serving.refresh.delta import Delta, read_delta
 from serving.refresh.index_update import save_index, update_creators_index, update_goods_index
 from serving.refresh.lists import Rewrite, rewrite_creator_lists, rewrite_product_lists
 from serving.refresh.manifest import (
@@ -77,7 +78,11 @@ def run(cfg: Settings, from_dir: Path, delta_dir: Path) -> dict[str, Any]:
     layout = PipelineLayout(Path(from_dir)).require()
     _require(layout)
     staging = Staging(layout)
-    with output_lock(layout.refresh, "refresh"):
+    with contextlib.ExitStack() as locks:
+        # one refresh per folder, and no batch job writing the lists meanwhile
+        for folder in (layout.refresh, layout.creator_lists, layout.product_lists):
+            if folder == layout.refresh or folder.is_dir():
+                locks.enter_context(output_lock(folder, "refresh"))
         recovered = staging.recover()
         delta = read_delta(Path(delta_dir), layout.data)  # all checks, nothing written yet
         for record in read_applied(layout):
@@ -86,11 +91,10 @@ def run(cfg: Settings, from_dir: Path, delta_dir: Path) -> dict[str, Any]:
                          record.get("applied_at"))  # fmt: skip
                 return {"noop": True, **record}
         try:
-            manifest = _refresh(cfg, layout, staging, delta)
+            manifest = _refresh(cfg, layout, staging, delta, recovered)
         except BaseException:
             staging.discard()  # not committed: DIR is as it was
             raise
-        manifest["recovered"] = recovered
         # the commit point: from here a failure is finished by the next run, not undone
         staging.commit(
             {
@@ -103,7 +107,9 @@ def run(cfg: Settings, from_dir: Path, delta_dir: Path) -> dict[str, Any]:
     return manifest
 
 
-def _refresh(cfg: Settings, layout: PipelineLayout, staging: Staging, delta: Any) -> dict[str, Any]:
+def _refresh(
+    cfg: Settings, layout: PipelineLayout, staging: Staging, delta: Delta, recovered: str | None
+) -> dict[str, Any]:
     started, started_at = time.perf_counter(), now()
     seconds: dict[str, float] = {}
 
@@ -206,6 +212,7 @@ def _refresh(cfg: Settings, layout: PipelineLayout, staging: Staging, delta: Any
         "finished_at": now(),
         "seconds": round(time.perf_counter() - started, 3),
         "step_seconds": seconds,
+        "recovered": recovered,  # what was left of an earlier refresh: finished, discarded
     }
     write_json(manifest, staging.path(layout.refresh_manifest.relative_to(layout.root)))
     log.info(

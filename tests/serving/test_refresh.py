@@ -360,6 +360,19 @@ def test_lists_of_another_policy_are_refused(base, tiny_pipeline, tmp_path):
     assert _folder_digest(base) == state
 
 
+def test_a_batch_job_writing_the_lists_holds_the_refresh_off(pipeline, cfg, tmp_path):
+    from serving.batch.folder_lock import FolderLockedError, output_lock
+
+    d = PipelineLayout(pipeline)
+    delta = tmp_path / "delta"
+    delta.mkdir()
+    _new_interactions(d.data, [int(_lists(pipeline)["creator_id"].iloc[0])], delta)
+    state = _folder_digest(d.creator_lists)
+    with output_lock(d.creator_lists, "batch job"), pytest.raises(FolderLockedError):
+        refresh(cfg, pipeline, delta)
+    assert _folder_digest(d.creator_lists) == state
+
+
 def test_the_cli_says_it_in_one_line(base, tiny_pipeline, tmp_path):
     delta = tmp_path / "delta"
     delta.mkdir()
