@@ -304,6 +304,15 @@ def _bad_delta(kind: str, data: Path, out: Path) -> None:
         rows["ts"] = inter["ts"].max() + pd.Timedelta(days=1)
         rows.loc[rows.index[1], "product_id"] = 99_999_999_999
         rows.to_parquet(out / "interactions.parquet", index=False)
+    elif kind == "unknown_creator":
+        rows = inter.iloc[:2].copy()
+        rows["ts"] = inter["ts"].max() + pd.Timedelta(days=1)
+        rows["creator_id"] = 77_777_777_777
+        rows.to_parquet(out / "interactions.parquet", index=False)
+    elif kind == "unknown_merchant":
+        products.head(1).assign(merchant_id=88_888_888_888).to_parquet(
+            out / "products.parquet", index=False
+        )
     elif kind == "stale":
         rows = inter.iloc[:3].copy()
         rows["ts"] = inter["ts"].min()
@@ -325,6 +334,8 @@ def _bad_delta(kind: str, data: Path, out: Path) -> None:
 
 BAD = {
     "unknown_product": r"interactions.*column 'product_id'.*unknown product_id: in neither",
+    "unknown_creator": r"interactions.*column 'creator_id'.*unknown creator_id: in neither",
+    "unknown_merchant": r"products.*column 'merchant_id'.*unknown merchant_id: in neither",
     "stale": r"column 'ts'.*delta older than the run it refreshes",
     "schema_change": r"products.*column 'colour'.*schema change",
     "wrong_type": r"products.*column 'price'",
