@@ -509,6 +509,41 @@ def recommend(
         )
 
 
+@app.command()
+@fails_cleanly
+def refresh(
+    from_: Annotated[Path, typer.Option("--from", help="pipeline folder to bring up to date")],
+    delta: Annotated[
+        Path, typer.Option(help="folder of contract tables: what changed since the run")
+    ],
+    preset: PresetOpt = "small",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """New goods, creators, interactions and flags into DIR without retraining: tiers,
+    indexes and only the changed lists, all or nothing; then reload a running service."""
+    from serving.refresh.job import run as run_refresh
+
+    cfg = settings(preset, config, set_)
+    manifest = run_refresh(cfg, from_, delta)
+    if manifest.get("noop"):
+        typer.echo(f"delta {manifest['delta_digest'][:12]} was applied at "
+                   f"{manifest.get('applied_at')}: nothing to do")  # fmt: skip
+        return
+    goods = manifest["indexes"]["products"]
+    typer.echo(
+        f"changes: {manifest['changes']}\n"
+        f"tiering: {manifest['tiering']}\n"
+        f"goods index: {goods['action']}, +{goods['added']} -{goods['removed']} "
+        f"(probe recall {goods['probe_recall']}, list imbalance {goods['list_imbalance']})"
+    )
+    for direction, lists in manifest["lists"].items():
+        typer.echo(f"{direction} lists: {lists['lists_rewritten']:,} rewritten "
+                   f"{lists['reasons']}, {lists['parts_kept']} part(s) untouched")  # fmt: skip
+    typer.echo(f"done in {manifest['seconds']}s; next: POST /admin/reload (or kill -HUP) "
+               "a running `haowu serve --from` this folder")  # fmt: skip
+
+
 # --- broker commands (match-brokers) ---
 
 

@@ -400,6 +400,19 @@ class BatchConfig(StrictModel):
     bench: BatchBenchParams = BatchBenchParams()
 
 
+class RefreshConfig(StrictModel):
+    """`haowu refresh` (serving/refresh/): when an updated index is rebuilt, not patched."""
+
+    probe_queries: int = Field(
+        200, gt=0, description="fixed sample of creator vectors probing recall vs exact"
+    )
+    probe_k: int = Field(100, gt=0, description="recall@k of the probe (capped at the index size)")
+    max_list_imbalance: float = Field(
+        8.0, gt=1, description="IVF: largest list / mean list size beyond which to rebuild"
+    )
+    seed: int = 0
+
+
 class Settings(StrictModel):
     """Every group a job may read. Later groups default so old configs keep loading."""
 
@@ -414,6 +427,7 @@ class Settings(StrictModel):
     serve: ServeConfig = ServeConfig()
     tune: TuneConfig = TuneConfig()
     tuned_on: TunedOn | None = None  # set by a `haowu tune` YAML, not a config group
+    refresh: RefreshConfig = RefreshConfig()
 
 
 GROUPS: tuple[str, ...] = tuple(name for name in Settings.model_fields if name != "tuned_on")

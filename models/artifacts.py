@@ -12,6 +12,7 @@ opens them through the openers below, so a layout change is made in one place.
     train-tier RUN_DIR/       run.json metrics.json tiers.parquet model/
     pipeline DIR/             data/ tier/ matching/ lists/{creator,product}/ brokers/
                               report.html summary.json .steps/
+                              lists/refresh.json .refresh/ (after `haowu refresh`)
     recommend OUT/            part-NNNNN.parquet _job.json _SUCCESS, _lock while running
 
 A model's identity is its content: `model_digest(folder)` (sha256 of the files the model
@@ -66,6 +67,12 @@ MATCHES = "matches.parquet"
 BROKER_SUMMARY = "broker_summary.parquet"
 MODEL_DIGEST = "digest.json"
 BATCH_LOCK = "_lock"
+REFRESHED_CREATORS = "creators.refreshed.npz"  # MODEL/index/: creators re-embedded by refresh
+REFRESH_DIR = ".refresh"  # pipeline DIR/: the refresh's staging, journal and ledger
+REFRESH_STAGING = "staging"  # .refresh/staging/: outputs mirrored by their path under DIR
+REFRESH_PLAN = "_plan.json"  # staging/: written last; present = committed, roll forward
+REFRESH_APPLIED = "applied.json"  # .refresh/: digests of the deltas applied, in order
+REFRESH_MANIFEST = "refresh.json"  # DIR/lists/: the last refresh: what changed and why
 
 REGISTRY_PREFIX = "models:/"
 MATCHING_MODEL = "haowu-matching"
@@ -109,12 +116,16 @@ class PipelineLayout:
         return self.root / "matching"
 
     @property
+    def lists(self) -> Path:
+        return self.root / "lists"
+
+    @property
     def creator_lists(self) -> Path:
-        return self.root / "lists" / "creator"
+        return self.lists / "creator"
 
     @property
     def product_lists(self) -> Path:
-        return self.root / "lists" / "product"
+        return self.lists / "product"
 
     @property
     def brokers(self) -> Path:
@@ -131,6 +142,15 @@ class PipelineLayout:
     @property
     def steps(self) -> Path:
         return self.root / ".steps"
+
+    @property
+    def refresh(self) -> Path:
+        """`haowu refresh`'s own folder: staging, the commit journal, the applied deltas."""
+        return self.root / REFRESH_DIR
+
+    @property
+    def refresh_manifest(self) -> Path:
+        return self.lists / REFRESH_MANIFEST
 
     def existing(self, path: Path) -> Path | None:
         """`path` when a step has written it, else None."""

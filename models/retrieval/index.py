@@ -164,6 +164,14 @@ class EmbeddingIndex:
             raise UnknownIdError(f"{len(bad)} id(s) not in the index, e.g. {bad[:5].tolist()}")
         return pos
 
+    def list_sizes(self) -> np.ndarray:
+        """(nlist,) items per IVF inverted list (empty for `flat`): how balanced the cells
+        stay as items are added and removed without retraining."""
+        if self.kind == "flat":
+            return np.empty(0, np.int64)
+        invlists = ivf_of(self._index).invlists
+        return np.array([invlists.list_size(i) for i in range(invlists.nlist)], np.int64)
+
     def contains(self, ids: np.ndarray) -> np.ndarray:
         """(n,) bool: which IDs are live in the index."""
         return self._find(ids)[1]

@@ -35,7 +35,13 @@ from features.io import has_table, iter_table, read_table, table_columns
 from features.matching_data import IdIndex, creator_frame, product_frame
 from features.product_facts import product_facts
 from features.settings import IndexConfig, PolicyConfig
-from models.artifacts import INDEX_DIR, ModelInfo, open_matching_run, read_tiers
+from models.artifacts import (
+    INDEX_DIR,
+    REFRESHED_CREATORS,
+    ModelInfo,
+    open_matching_run,
+    read_tiers,
+)
 from models.retrieval.catalog import ProductCatalog, RequestFilters
 from models.retrieval.directions import GoodsRetriever, creators_for_products
 from models.retrieval.index import EmbeddingIndex, RetrievalError, UnknownIdError
@@ -56,6 +62,7 @@ class Side:
     vectors: np.ndarray  # (n, d) float32
     new: np.ndarray  # (n,) bool: unknown to the model, embedded from features
     listed: np.ndarray  # (n,) bool: has a vector and DATA lists it (queried, retrievable)
+    updated: np.ndarray | None = None  # (n,) bool: vector re-embedded by `haowu refresh`
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -98,6 +105,24 @@ def _side(
     if delist and data_ids is not None:
         listed = has_vector & np.isin(index.ids, data_ids)
     return Side(index, vectors, new, listed)
+
+
+def _refreshed(side: Side, path: Path) -> Side:
+    """The side with the vectors `haowu refresh` re-embedded (creators with new
+    interactions, from their updated history: MODEL/index/REFRESHED_CREATORS)."""
+    if not path.is_file():
+        return side
+    with np.load(path) as saved:
+        ids, vectors = saved["ids"], saved["vectors"]
+    pos = side.ids.positions(ids, strict=False)
+    known = (pos >= 0) & ~side.new[np.maximum(pos, 0)]
+    if vectors.shape[1:] != side.vectors.shape[1:]:
+        raise RetrievalError(f"{path}: vectors of dim {vectors.shape[1:]}, not the model's")
+    side.vectors[pos[known]] = vectors[known]
+    updated = np.zeros(len(side), bool)
+    updated[pos[known]] = True
+    log.info("%d creators carry vectors re-embedded by a refresh (%s)", int(known.sum()), path)
+    return Side(side.ids, side.vectors, side.new, side.listed, updated)
 
 
 def _table_ids(data_dir: Path, table: str, key: str) -> np.ndarray | None:
@@ -155,10 +180,14 @@ def _searchable(
         return EmbeddingIndex.build(
             side.vectors[listed], side.ids.ids[listed], cfg.model_copy(update={"kind": "flat"})
         )
+    # a saved index that `haowu refresh` updated already holds its new items and lacks its
+    # removed ones: add and remove only what it does not reflect yet
     gone = ~side.listed & ~side.new
+    gone[gone] = base.contains(side.ids.ids[gone])
     if gone.any():
         base.remove(side.ids.ids[gone])
     fresh = side.new & side.listed
+    fresh[fresh] = ~base.contains(side.ids.ids[fresh])
     if fresh.any():
         base.add(side.vectors[fresh], side.ids.ids[fresh], cfg.add_batch)
     return base
@@ -179,6 +208,9 @@ class RetrievalRun:
     policy_cfg: PolicyConfig
     exact: bool
     info: ModelInfo | None = None  # which model: its URI, registered name and version
+    # the model's own vectors by side (sorted IDs): what its saved indexes are made from,
+    # whatever a refresh re-embedded since
+    model_vectors: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     _indexes: dict[str, EmbeddingIndex] = field(default_factory=dict, repr=False)
     _by_product: sp.csr_matrix | None = field(default=None, repr=False)
 
@@ -222,6 +254,7 @@ class RetrievalRun:
             "creators",
             delist=False,  # a creator without a creators row still gets its list
         )
+        creators = _refreshed(creators, art.path / INDEX_DIR / REFRESHED_CREATORS)
         products = _side(
             art.products.ids,
             product_vectors,
@@ -242,6 +275,7 @@ class RetrievalRun:
             policy_cfg=policy_cfg,
             exact=exact,
             info=art.info,
+            model_vectors={"creators": creator_vectors, "products": product_vectors},
         )
         log.info(
             "retrieval over %s: %d creators (%d new), %d goods (%d new, %d delisted) in %.1fs",
@@ -256,31 +290,52 @@ class RetrievalRun:
         return run
 
     # -------------------------------------------------------------- indexes
+    def _sides(self, name: str) -> tuple[Side, Side]:
+        """(indexed side, query side) of the "products" or "creators" index."""
+        if name not in ("products", "creators"):
+            raise RetrievalError(f"no {name!r} index; choose products or creators")
+        if name == "products":
+            return self.products, self.creators
+        return self.creators, self.products
+
+    def saved_index(self, name: str, folder: Path | None = None) -> EmbeddingIndex:
+        """The index saved beside the model (`MODEL/index/NAME.*`, built and tuned on
+        first use), as saved: without this data's new items added or delisted ones
+        removed (`haowu refresh` updates it and saves it back). `folder` reads (and on
+        first use writes) another copy of `MODEL/index` (a refresh's staged one)."""
+        side, other = self._sides(name)
+        threads = faiss.omp_get_max_threads()  # a batch worker's share: keep it
+        model = ~side.new
+        rng = np.random.default_rng(self.index_cfg.seed)
+        known = np.flatnonzero(~other.new)
+        sample = np.sort(
+            rng.choice(known, min(len(known), self.index_cfg.tune_queries), replace=False)
+        )
+        own = self.model_vectors.get(name)
+        if own is None or len(own) != int(model.sum()):
+            own = side.vectors if model.all() else side.vectors[model]
+        base = model_index(
+            folder or self.folder / INDEX_DIR,
+            name,
+            side.ids.ids[model],
+            own,
+            other.vectors[sample],
+            self.index_cfg,
+        )
+        set_threads(threads)
+        return base
+
+    def use_index(self, name: str, index: EmbeddingIndex) -> None:
+        """Search `index` for NAME from now on (an index updated by `haowu refresh`)."""
+        self._sides(name)
+        self._indexes[name] = index
+
     def index(self, name: str) -> EmbeddingIndex:
         """ "products" (creator -> goods) or "creators" (product -> creators), searchable."""
         if name not in self._indexes:
-            if name not in ("products", "creators"):
-                raise RetrievalError(f"no {name!r} index; choose products or creators")
-            side, other = self.products, self.creators
-            if name == "creators":
-                side, other = other, side
-            threads = faiss.omp_get_max_threads()  # a batch worker's share: keep it
-            base = None
-            if not self.exact:
-                model = ~side.new
-                rng = np.random.default_rng(self.index_cfg.seed)
-                known = np.flatnonzero(~other.new)
-                sample = np.sort(
-                    rng.choice(known, min(len(known), self.index_cfg.tune_queries), replace=False)
-                )
-                base = model_index(
-                    self.folder / INDEX_DIR,
-                    name,
-                    side.ids.ids[model],
-                    side.vectors if model.all() else side.vectors[model],
-                    other.vectors[sample],
-                    self.index_cfg,
-                )
+            side, _ = self._sides(name)
+            threads = faiss.omp_get_max_threads()
+            base = None if self.exact else self.saved_index(name)
             self._indexes[name] = _searchable(base, side, self.index_cfg, self.exact)
             set_threads(threads)
         return self._indexes[name]

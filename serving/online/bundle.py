@@ -155,7 +155,8 @@ def _mapped(side: Side, folder: Path, name: str) -> Side:
     are exactly that file (no member embedded at load): the index holds its own copy, so
     the service needs only the rows it queries, and the kernel may drop the rest."""
     path = folder / f"{name}_embeddings.npy"
-    if side.new.any() or not path.is_file():
+    refreshed = side.updated is not None and side.updated.any()  # not the file's rows
+    if side.new.any() or refreshed or not path.is_file():
         return side
     mapped = np.load(path, mmap_mode="r")
     if mapped.shape != side.vectors.shape or mapped.dtype != side.vectors.dtype:

@@ -25,7 +25,7 @@ from features.settings import TierBenchParams, TierConfig
 from models.artifacts import TIERS
 from models.tier.cuts import N_TIERS
 from models.tier.model import TierModel
-from training.tier.scoring import tier_schema, tier_table
+from models.tier.table import tier_schema, tier_table
 
 FULL_CATALOGUE = 10_000_000  # products of the `full` preset (DESIGN §5): the speed target
 

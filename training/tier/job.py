@@ -25,6 +25,7 @@ from features.validate import validate_tables
 from models.artifacts import METRICS, RUN_DIR_TAG, RUN_META, TIERS, masked
 from models.tier.baseline import HandWeightedBaseline
 from models.tier.model import FEATURES, TierModel, assign_tiers
+from models.tier.table import tier_table
 from training.lifecycle.model_logging import log_tier_model
 from training.lifecycle.tracking import (
     job_run,
@@ -36,7 +37,7 @@ from training.lifecycle.tracking import (
 from training.tier import plots as tier_plots
 from training.tier.labelled_data import LabelledSplit, load_labelled, split_labelled
 from training.tier.metrics import confusion, confusion_metrics, tier_metrics
-from training.tier.scoring import Tallies, read_sample, score_products, tier_table
+from training.tier.scoring import Tallies, read_sample, score_products
 
 log = logging.getLogger(__name__)
 

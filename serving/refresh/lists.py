@@ -1,0 +1,214 @@
+"""Batch lists rewritten only where their inputs changed; every other row kept as it was.
+
+Creator lists (goods per creator) are recomputed, with the batch job's own row function
+(models/retrieval/list_rows.py) over the refreshed data, tiers and indexes, for:
+
+- `new_interactions`: creators with new interactions (their promoted goods, which the
+  policy leaves out, changed);
+- `new_good_enters`: creators for whom a good added to the index scores above the lowest
+  score in their current list;
+- `held_removed_good`: creators whose list holds a good that left the candidate set (or
+  whose tier moved: the list's tier, boost and share slots depend on it);
+- `new_creator`: creators with no list yet (new creators, embedded from their features).
+
+Product lists (creators per good) are written for the goods added to the index, and the
+lists of goods that left it are dropped. A part file none of whose queries changed is
+not rewritten, so other lists stay byte for byte what they were; a rewritten part keeps
+the other queries' rows as read, in their order, and new queries go to a new part.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from features.io import write_part
+from models.retrieval.list_rows import creator_rows, goods_rows
+from models.retrieval.run import RetrievalRun
+
+PART_GLOB = "part-*.parquet"
+SCORE_CHUNK = 4096  # creators scored against the added goods at a time
+
+
+@dataclass
+class Rewrite:
+    """Which queries of one lists folder were rewritten, and why (counts per reason)."""
+
+    direction: str
+    reasons: dict[str, int] = field(default_factory=dict)
+    queries: int = 0  # lists written
+    dropped: int = 0  # lists removed
+    parts_rewritten: int = 0
+    parts_added: int = 0
+    parts_kept: int = 0
+    rows: int = 0  # rows in the folder after
+
+    def describe(self) -> dict[str, int | dict[str, int]]:
+        return {
+            "lists_rewritten": self.queries,
+            "lists_dropped": self.dropped,
+            "reasons": self.reasons,
+            "parts_rewritten": self.parts_rewritten,
+            "parts_added": self.parts_added,
+            "parts_kept": self.parts_kept,
+            "rows": self.rows,
+        }
+
+
+def _internal(run: RetrievalRun, side: str, ids: np.ndarray) -> np.ndarray:
+    """The user's IDs as the lists hold them -> internal IDs."""
+    id_map = run.maps.get(side)
+    if id_map is None:
+        return np.asarray(ids, np.int64)
+    return np.asarray(id_map.to_internal(ids, missing="minus_one"), np.int64)
+
+
+def _read(folder: Path, columns: list[str]) -> tuple[list[Path], pd.DataFrame]:
+    parts = sorted(folder.glob(PART_GLOB))
+    frames = [pd.read_parquet(p, columns=columns).assign(_part=i) for i, p in enumerate(parts)]
+    return parts, pd.concat(frames, ignore_index=True)
+
+
+def _entering(
+    run: RetrievalRun, creators: np.ndarray, lowest: np.ndarray, added: np.ndarray
+) -> np.ndarray:
+    """(n,) bool: an added good scores above the creator's lowest listed score."""
+    out = np.zeros(len(creators), bool)
+    if not len(added) or not len(creators):
+        return out
+    goods = np.asarray(run.products.vectors[run.products.ids.positions(added)], np.float32)
+    for lo in range(0, len(creators), SCORE_CHUNK):
+        pos = creators[lo : lo + SCORE_CHUNK]
+        vectors = np.asarray(run.creators.vectors[pos], np.float32)  # (b, d)
+        best = (vectors @ goods.T).max(axis=1)  # (b,)
+        out[lo : lo + SCORE_CHUNK] = best > lowest[lo : lo + SCORE_CHUNK]
+    return out
+
+
+def _write(
+    out: Path,
+    parts: list[Path],
+    query_col: str,
+    edits: dict[int, tuple[set, pd.DataFrame | None]],
+    fresh: pd.DataFrame | None,
+    result: Rewrite,
+    stage_remove: Callable[[Path], None],
+) -> None:
+    """Rewrite the parts with edits (queries to take out, rows to put in their place),
+    keep the others untouched, and add a part for new queries (all into `out`)."""
+    numbers = [int(p.stem.split("-")[1]) for p in parts]
+    for i, part in enumerate(parts):
+        if i not in edits:
+            result.parts_kept += 1
+            result.rows += pq.read_metadata(part).num_rows
+            continue
+        taken, rows = edits[i]
+        frame = pd.read_parquet(part)
+        order = {q: n for n, q in enumerate(pd.unique(frame[query_col]))}
+        frame = frame[~frame[query_col].isin(taken)]
+        if rows is not None and len(rows):
+            frame = pd.concat([frame, rows], ignore_index=True)
+            # the queries in the part's order, each list by rank
+            at = frame[query_col].map(order).to_numpy()
+            frame = frame.iloc[np.lexsort((frame["rank"].to_numpy(), at))]
+        if len(frame):
+            write_part(frame.reset_index(drop=True), out, numbers[i])
+            result.parts_rewritten += 1
+            result.rows += len(frame)
+        else:
+            stage_remove(part)
+    if fresh is not None and len(fresh):
+        write_part(fresh, out, max(numbers, default=-1) + 1)
+        result.parts_added += 1
+        result.rows += len(fresh)
+
+
+def rewrite_creator_lists(
+    run: RetrievalRun,
+    folder: Path,
+    out: Path,
+    k: int,
+    interaction_creators: np.ndarray,
+    added_goods: np.ndarray,
+    removed_goods: np.ndarray,
+    stage_remove: Callable[[Path], None],
+) -> Rewrite:
+    """Recompute the creator lists whose inputs changed (module doc) into `out`."""
+    result = Rewrite("creator")
+    parts, held = _read(folder, ["creator_id", "product_id", "score"])
+    held["creator"] = _internal(run, "creator", held["creator_id"].to_numpy())
+    held["product"] = _internal(run, "product", held["product_id"].to_numpy())
+    per = held.groupby("creator", sort=True).agg(
+        lowest=("score", "min"), part=("_part", "first"), external=("creator_id", "first")
+    )
+    creators = per.index.to_numpy(np.int64)
+    pos = run.creators.ids.positions(creators, strict=False)
+    known = pos >= 0
+    holding = held.loc[held["product"].isin(removed_goods), "creator"].unique()
+    reasons = {
+        "new_interactions": np.isin(creators, interaction_creators),
+        "new_good_enters": np.zeros(len(creators), bool),
+        "held_removed_good": np.isin(creators, holding),
+    }
+    reasons["new_good_enters"][known] = _entering(
+        run, pos[known], per["lowest"].to_numpy()[known], added_goods
+    )
+    affected = known & np.logical_or.reduce(list(reasons.values()))
+    listed = run.creators.queries
+    new_creators = listed[~np.isin(run.creators.ids.ids[listed], creators)]
+    result.reasons = {name: int((mask & known).sum()) for name, mask in reasons.items()}
+    result.reasons["new_creator"] = len(new_creators)
+    rows = _goods(run, pos[affected], k)
+    edits: dict[int, tuple[set, pd.DataFrame | None]] = {}
+    for part, group in per[affected].groupby("part"):
+        taken = set(group["external"].tolist())
+        mine = rows[rows["creator_id"].isin(taken)] if len(rows) else None
+        edits[int(part)] = (taken, mine)
+    result.queries = int(affected.sum()) + len(new_creators)
+    _write(out, parts, "creator_id", edits, _goods(run, new_creators, k), result, stage_remove)
+    return result
+
+
+def rewrite_product_lists(
+    run: RetrievalRun,
+    folder: Path,
+    out: Path,
+    k: int,
+    added_goods: np.ndarray,
+    removed_goods: np.ndarray,
+    stage_remove: Callable[[Path], None],
+) -> Rewrite:
+    """Lists for the goods added to the index; the lists of goods that left it dropped."""
+    result = Rewrite("product")
+    parts, held = _read(folder, ["product_id"])
+    held["product"] = _internal(run, "product", held["product_id"].to_numpy())
+    gone = held[held["product"].isin(removed_goods)]
+    edits = {
+        int(part): (set(group["product_id"].tolist()), None)
+        for part, group in gone.groupby("_part")
+    }
+    result.dropped = int(gone["product"].nunique())
+    todo = np.setdiff1d(added_goods, held["product"].to_numpy())
+    positions = run.products.ids.positions(todo)
+    chunks = [
+        creator_rows(run, positions[lo : lo + SCORE_CHUNK], min(k, len(run.index("creators"))))
+        for lo in range(0, len(positions), SCORE_CHUNK)
+    ]
+    fresh = pd.concat(chunks, ignore_index=True) if chunks else None
+    result.reasons = {"new_good": len(todo), "left_candidate_set": result.dropped}
+    result.queries = len(todo)
+    _write(out, parts, "product_id", edits, fresh, result, stage_remove)
+    return result
+
+
+def _goods(run: RetrievalRun, positions: np.ndarray, k: int) -> pd.DataFrame:
+    chunks = [
+        goods_rows(run, positions[lo : lo + SCORE_CHUNK], k)
+        for lo in range(0, len(positions), SCORE_CHUNK)
+    ]
+    return pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame()
