@@ -28,6 +28,16 @@ def test_version_everywhere() -> None:
     assert shadowing() == []  # no other distribution ships features/, models/, ...
 
 
+def test_every_config_group_ships_with_the_wheel() -> None:
+    import tomllib
+
+    data_files = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "data-files"
+    ]
+    shipped = {Path(target).name for target in data_files if "configs" in target}
+    assert shipped == {p.name for p in (ROOT / "configs").iterdir() if p.is_dir()}
+
+
 def test_running_cli_py_as_a_script_knows_every_command() -> None:
     result = subprocess.run(
         [sys.executable, str(ROOT / "cli.py"), "bench", "--help"],
