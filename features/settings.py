@@ -128,6 +128,9 @@ class MatchingConfig(StrictModel):
     neg_weight: float = Field(
         1.0, gt=0, description="cosine_contrastive: weight of the mean negative term"
     )
+    full_softmax_max_products: int = Field(
+        0, ge=0, description="softmax over every good when the catalog has at most this many"
+    )
     in_batch_negatives: bool = Field(
         True,
         description="cosine_contrastive: false = the uniform extra negatives alone (SimpleX)",

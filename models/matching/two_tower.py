@@ -215,6 +215,18 @@ def in_batch_softmax_loss(
     return F.cross_entropy(logits, target)
 
 
+def full_softmax_loss(
+    creator: torch.Tensor,
+    catalog: torch.Tensor,
+    target: torch.Tensor,
+    temperature: torch.Tensor | float,
+) -> torch.Tensor:
+    """Softmax over the whole catalog: row i's positive is `catalog[target[i]]`, every
+    other good a negative. Exact (no sampling, so no logQ), affordable while the catalog
+    is small: a (B, n_products) logit matrix and the product tower over every good."""
+    return F.cross_entropy((creator / temperature) @ catalog.T, target)
+
+
 def cosine_contrastive_loss(
     creator: torch.Tensor,
     product: torch.Tensor,

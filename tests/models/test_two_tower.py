@@ -248,16 +248,19 @@ def _blocks(k: int = 4, creators: int = 30, items: int = 20, per_creator: int = 
 
 
 @pytest.mark.parametrize(
-    "loss, extra, in_batch",
+    "loss, extra, in_batch, full",
     [
-        ("softmax", 0, True),
-        ("softmax", 16, True),
-        ("cosine_contrastive", 0, True),
-        ("cosine_contrastive", 16, True),
-        ("cosine_contrastive", 32, False),  # SimpleX as published: uniform negatives alone
+        ("softmax", 0, True, 0),
+        ("softmax", 16, True, 0),
+        ("softmax", 0, True, 1000),  # over the whole catalog (80 goods)
+        ("cosine_contrastive", 0, True, 0),
+        ("cosine_contrastive", 16, True, 0),
+        ("cosine_contrastive", 32, False, 0),  # SimpleX as published: uniform negatives alone
     ],
 )
-def test_each_loss_recovers_a_planted_block_structure(loss: str, extra: int, in_batch) -> None:
+def test_each_loss_recovers_a_planted_block_structure(
+    loss: str, extra: int, in_batch: bool, full: int
+) -> None:
     train, test = _blocks()
     cfg = _tiny_cfg(
         epochs=15,
@@ -267,6 +270,7 @@ def test_each_loss_recovers_a_planted_block_structure(loss: str, extra: int, in_
         extra_negatives=extra,
         id_only_dropout=0.0,
         in_batch_negatives=in_batch,
+        full_softmax_max_products=full,
     )
     model = TwoTowerTrainer(cfg, progress=False).fit(train)
     k = 10
@@ -277,6 +281,16 @@ def test_each_loss_recovers_a_planted_block_structure(loss: str, extra: int, in_
     )
     random = k / (train.shape[1] - 6)  # k of the 74 goods a creator has not promoted
     assert found.mean() > 3 * random, (loss, extra, found.mean(), random)
+
+
+def test_full_softmax_is_cross_entropy_over_the_catalog() -> None:
+    from models.matching.two_tower import full_softmax_loss
+
+    u, catalog = torch.randn(3, 4), torch.randn(7, 4)
+    target = torch.tensor([0, 6, 2])
+    logits = (u / 0.5) @ catalog.T
+    want = -(logits.log_softmax(dim=1)[torch.arange(3), target]).mean()
+    torch.testing.assert_close(full_softmax_loss(u, catalog, target, 0.5), want)
 
 
 def test_device_selection() -> None:

@@ -26,7 +26,12 @@ from features.settings import MatchingConfig
 from models.matching.creator_history import CreatorHistory
 from models.matching.device import resolve_device
 from models.matching.recommender import RecommenderError
-from models.matching.two_tower import TwoTower, cosine_contrastive_loss, in_batch_softmax_loss
+from models.matching.two_tower import (
+    TwoTower,
+    cosine_contrastive_loss,
+    full_softmax_loss,
+    in_batch_softmax_loss,
+)
 from models.matching.two_tower_served import (
     TowerInputs,
     TwoTowerRecommender,
@@ -57,11 +62,15 @@ def train_step(
     negatives: tuple | None = None,
     negatives_log_q: torch.Tensor | None = None,
     cfg: MatchingConfig | None = None,
+    catalog: tuple | None = None,
 ) -> float:
     """One optimisation step of the two-tower model; the trainer and `haowu bench train`
     both run this, so the bench times the step training runs (logQ, extra negatives, the
     configured loss: `cfg.loss`, softmax when no config is given)."""
     u = model.creator_tower(*creator_inputs)  # (B, d)
+    if catalog is not None:  # every good is a candidate: `product_keys` are positions
+        loss = full_softmax_loss(u, model.product_tower(*catalog), product_keys, model.temperature)
+        return _optimise(loss, optimisers)
     v = model.product_tower(*product_inputs)  # (B, d)
     extra = model.product_tower(*negatives) if negatives is not None else None  # (M, d)
     if cfg is not None and cfg.loss == "cosine_contrastive":
@@ -86,6 +95,10 @@ def train_step(
             extra=extra,
             extra_log_q=negatives_log_q,
         )
+    return _optimise(loss, optimisers)
+
+
+def _optimise(loss: torch.Tensor, optimisers: tuple[torch.optim.Optimizer, ...]) -> float:
     for optimiser in optimisers:
         optimiser.zero_grad(set_to_none=True)
     loss.backward()
@@ -227,6 +240,9 @@ class TwoTowerTrainer(TwoTowerRecommender):
             val_task = EvalTask("val", rows, val, train)
         best_state, best_recall, stale = None, -1.0, 0
         n_batches = max(len(creator) // cfg.batch_size, 1)  # drop the ragged last batch
+        full = 0 < len(products_in) <= cfg.full_softmax_max_products
+        if full:
+            log.info("softmax over the whole catalog (%d goods)", len(products_in))
         self.history, started = [], time.perf_counter()
         for epoch in range(1, cfg.epochs + 1):
             model.train()
@@ -251,6 +267,7 @@ class TwoTowerTrainer(TwoTowerRecommender):
                     negatives,
                     neg_log_q,
                     cfg,
+                    products_in.take(torch.arange(len(products_in))) if full else None,
                 )
                 total += loss
                 if b % 50 == 0:
