@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -76,6 +77,8 @@ def configure(level: int = logging.INFO, fmt: LogFormat = "text") -> None:
     adopt(*LIBRARIES)
     for name in QUIET:
         logging.getLogger(name).setLevel(max(level, logging.WARNING))
+    if not on_terminal():  # MLflow's artifact downloads draw tqdm bars of their own
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def adopt(*names: str) -> None:

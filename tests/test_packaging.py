@@ -126,5 +126,6 @@ def test_wheel_installs_and_runs_the_tiny_pipeline(tmp_path: Path) -> None:
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     assert (work / "demo" / "summary.json").is_file() and (work / "mlflow.db").is_file()
+    assert "\r" not in run.stderr and "Downloading artifacts" not in run.stderr  # a log file
     here = subprocess.run([sys.executable, "-m", "pip", "show", "haowu"], capture_output=True)
     assert here.returncode == 0  # this environment's haowu is still installed
