@@ -79,17 +79,20 @@ class ALSRecommender(Recommender):
 
     def fit(self, train: sp.csr_matrix, val: sp.csr_matrix | None = None) -> ALSRecommender:
         from implicit.cpu.als import AlternatingLeastSquares
+        from threadpoolctl import threadpool_limits
 
         p = self.params
-        model = AlternatingLeastSquares(
-            factors=p["factors"],
-            regularization=p["regularization"],
-            alpha=p["alpha"],
-            iterations=p["iterations"],
-            num_threads=p["threads"],
-            random_state=p["seed"],
-        )
-        model.fit(sp.csr_matrix(train, dtype=np.float32), show_progress=False)
+        # implicit runs its own solver threads; BLAS threads inside them only contend
+        with threadpool_limits(1, "blas"):
+            model = AlternatingLeastSquares(
+                factors=p["factors"],
+                regularization=p["regularization"],
+                alpha=p["alpha"],
+                iterations=p["iterations"],
+                num_threads=p["threads"],
+                random_state=p["seed"],
+            )
+            model.fit(sp.csr_matrix(train, dtype=np.float32), show_progress=False)
         self.creator_factors = np.asarray(model.user_factors, dtype=np.float32)
         self.product_factors = np.asarray(model.item_factors, dtype=np.float32)
         self.n_products = train.shape[1]
