@@ -110,9 +110,7 @@ def main(
 ) -> None:
     """Logs go to stderr in one format with ISO-8601 times; results go to stdout."""
     from features import logs
-    from features.threads import yield_when_waiting
 
-    yield_when_waiting()  # before torch, FAISS or BLAS start their OpenMP threads
     if log_format not in ("text", "json"):
         raise typer.BadParameter("text or json", param_hint="--log-format")
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO

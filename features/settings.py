@@ -153,6 +153,9 @@ class MatchingConfig(StrictModel):
         "auto", description="where the two-tower trains and embeds: auto = cuda when present"
     )
     threads: int = Field(2, gt=0)
+    adaptive_threads: bool = Field(
+        True, description="before each epoch, fit the thread count to the cores left free"
+    )
     # baselines
     baselines: list[Literal["pop", "als", "ease", "itemknn"]] = Field(
         default=["pop", "als", "ease"]

@@ -23,6 +23,7 @@ import torch
 from features.encoders import IdEncoder, SideEncoder, TowerEncoders
 from features.logs import progress_bar
 from features.settings import MatchingConfig
+from features.threads import CpuShare, fit_threads
 from models.matching.creator_history import CreatorHistory
 from models.matching.device import resolve_device
 from models.matching.recommender import RecommenderError
@@ -41,6 +42,7 @@ from models.matching.two_tower_served import (
 from training.matching.optim import RowWiseAdagrad
 
 log = logging.getLogger(__name__)
+THREADS_PROBE_S = 0.25  # how long the trainer watches the machine before its first epoch
 
 
 def optimizers(model: TwoTower, cfg: MatchingConfig) -> tuple[torch.optim.AdamW, RowWiseAdagrad]:
@@ -244,7 +246,12 @@ class TwoTowerTrainer(TwoTowerRecommender):
         if full:
             log.info("softmax over the whole catalog (%d goods)", len(products_in))
         self.history, started = [], time.perf_counter()
+        share = CpuShare() if cfg.adaptive_threads else None
+        if share is not None:
+            time.sleep(THREADS_PROBE_S)  # a first window to see what else runs
         for epoch in range(1, cfg.epochs + 1):
+            threads = fit_threads(cfg.threads, share.others()) if share else cfg.threads
+            torch.set_num_threads(threads)
             model.train()
             order = torch.from_numpy(rng.permutation(len(creator)))
             total, t0 = 0.0, time.perf_counter()
@@ -276,6 +283,7 @@ class TwoTowerTrainer(TwoTowerRecommender):
                 "epoch": epoch,
                 "loss": total / n_batches,
                 "seconds": time.perf_counter() - t0,
+                "threads": threads,
             }
             if val_task is not None:
                 self._embed_all(creators_in, products_in, creators=val_task.creators)
