@@ -253,14 +253,13 @@ def cosine_contrastive_loss(
     `in_batch=False` the negatives are the `extra` pool alone, drawn uniformly, which is
     SimpleX as published (no importance weights, whose variance the rare goods inflate).
     """
+    positive = (creator * product).sum(dim=1)  # (B,)
     if not in_batch:
         if extra is None:
             raise ValueError("cosine contrastive loss without in-batch negatives needs extras")
-        positive = (creator * product).sum(dim=1)
         negative = F.relu(creator @ extra.T - margin).mean(dim=1)  # (B,)
         return ((1.0 - positive) + neg_weight * negative).mean()
     batch = creator.shape[0]
-    positive = (creator * product).sum(dim=1)  # (B,)
     penalty = F.relu(creator @ product.T - margin)  # (B, B)
     valid = ~torch.eye(batch, dtype=torch.bool, device=creator.device)
     if product_keys is not None:

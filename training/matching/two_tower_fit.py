@@ -242,8 +242,9 @@ class TwoTowerTrainer(TwoTowerRecommender):
             val_task = EvalTask("val", rows, val, train)
         best_state, best_recall, stale = None, -1.0, 0
         n_batches = max(len(creator) // cfg.batch_size, 1)  # drop the ragged last batch
-        full = 0 < len(products_in) <= cfg.full_softmax_max_products
-        if full:
+        catalog = None  # every good's inputs, gathered once: the whole-catalog softmax
+        if 0 < len(products_in) <= cfg.full_softmax_max_products:
+            catalog = products_in.take(torch.arange(len(products_in)))
             log.info("softmax over the whole catalog (%d goods)", len(products_in))
         self.history, started = [], time.perf_counter()
         share = CpuShare() if cfg.adaptive_threads else None
@@ -274,7 +275,7 @@ class TwoTowerTrainer(TwoTowerRecommender):
                     negatives,
                     neg_log_q,
                     cfg,
-                    products_in.take(torch.arange(len(products_in))) if full else None,
+                    catalog,
                 )
                 total += loss
                 if b % 50 == 0:
