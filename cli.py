@@ -514,6 +514,14 @@ def refresh(
     delta: Annotated[
         Path, typer.Option(help="folder of contract tables: what changed since the run")
     ],
+    fine_tune: Annotated[
+        bool,
+        typer.Option(
+            "--fine-tune",
+            help="then fine-tune the champion on the delta's pairs; if the gate promotes "
+            "it, it becomes DIR's model and every list is rewritten",
+        ),
+    ] = False,
     preset: PresetOpt = "small",
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -527,7 +535,13 @@ def refresh(
     if manifest.get("noop"):
         typer.echo(f"delta {manifest['delta_digest'][:12]} was applied at "
                    f"{manifest.get('applied_at')}: nothing to do")  # fmt: skip
-        return
+    else:
+        _echo_refresh(manifest)
+    if fine_tune:
+        _fine_tune(cfg, from_, delta, promote=True)
+
+
+def _echo_refresh(manifest: dict[str, Any]) -> None:
     goods = manifest["indexes"]["products"]
     typer.echo(
         f"changes: {manifest['changes']}\n"
@@ -540,6 +554,61 @@ def refresh(
                    f"{lists['reasons']}, {lists['parts_kept']} part(s) untouched")  # fmt: skip
     typer.echo(f"done in {manifest['seconds']}s; next: POST /admin/reload (or kill -HUP) "
                "a running `haowu serve --from` this folder")  # fmt: skip
+
+
+def _fine_tune(cfg: Settings, from_: Path, delta: Path, promote: bool) -> None:
+    """Fine-tune DIR's model on the delta; with `promote`, the gate, and if it passes the
+    fine-tuned model installed as DIR's and every list rewritten with it."""
+    from models.artifacts import MATCHING_MODEL, PipelineLayout, job_inputs
+    from serving.batch.job import ListsRequest
+    from serving.batch.job import run as run_recommend
+    from training.lifecycle.promotion import promote_run_dir
+    from training.matching.fine_tune import install
+    from training.matching.fine_tune import run as run_fine_tune
+
+    result = run_fine_tune(cfg, from_, delta)
+    metrics, k = result["metrics"], max(cfg.matching.eval_k)
+    typer.echo(
+        f"fine-tuned on {int(metrics['train_pairs']):,} pairs ({int(metrics['new_pairs']):,} "
+        f"new, {int(metrics['replayed_pairs']):,} replayed) in {metrics['train_seconds']:.1f}s; "
+        f"held-out recall@{k}: champion {metrics[f'champion.recall@{k}']:.4f}, fine-tuned "
+        f"{metrics[f'recall@{k}']:.4f}; wrote {result['run_dir']} (v{result['version']})"
+    )
+    if not promote:
+        return
+    verdict = promote_run_dir(MATCHING_MODEL, Path(result["run_dir"]), cfg.registry)
+    if verdict["status"] != "champion":
+        typer.echo(f"not promoted: {verdict['reason']}; DIR keeps its model and lists")
+        return
+    layout = PipelineLayout(from_)
+    replaced = install(layout, Path(result["run_dir"]))
+    typer.echo(f"v{verdict['version']} is champion; DIR/matching replaced ({replaced} kept)")
+    for direction, target in (("creator", layout.creator_lists), ("product", layout.product_lists)):
+        if not target.is_dir():
+            continue
+        inputs = job_inputs(from_, None, None, None)
+        request = ListsRequest(inputs.data, inputs.model, inputs.tiers, direction=direction)
+        manifest = run_recommend(cfg, request, target, overwrite=True, progress=False)
+        typer.echo(
+            f"{direction} lists rewritten: {manifest['rows']:,} rows in {manifest['seconds']}s"
+        )
+
+
+@app.command("fine-tune")
+@fails_cleanly
+def fine_tune(
+    from_: Annotated[Path, typer.Option("--from", help="pipeline folder the delta was applied to")],
+    delta: Annotated[Path, typer.Option(help="the delta `haowu refresh` applied")],
+    promote: Annotated[
+        bool, typer.Option(help="then the gate; promoted: DIR's model, every list rewritten")
+    ] = False,
+    preset: PresetOpt = "small",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Fine-tune DIR's champion two-tower on the delta's new pairs (warm start, replay of
+    older pairs), judge it against the champion on the newest pairs, register a challenger."""
+    _fine_tune(settings(preset, config, set_), from_, delta, promote)
 
 
 # --- broker commands (match-brokers) ---

@@ -406,8 +406,28 @@ class BatchConfig(StrictModel):
     bench: BatchBenchParams = BatchBenchParams()
 
 
+class FineTuneConfig(StrictModel):
+    """`haowu fine-tune` / `haowu refresh --fine-tune`: the champion trained on from where it
+    stood, on a delta's new pairs plus a replay of older ones (training/matching/fine_tune.py)."""
+
+    epochs: int = Field(2, gt=0, description="passes over the new pairs and their replay")
+    replay_ratio: float = Field(
+        4.0, ge=0, description="older pairs replayed per new pair, against forgetting"
+    )
+    holdout_fraction: float = Field(
+        0.3, gt=0, lt=1, description="latest share of the new pairs kept out, to judge on"
+    )
+    lr_scale: float = Field(
+        0.5, gt=0, le=1, description="learning rates of the champion's settings times this"
+    )
+    min_new_pairs: int = Field(
+        100, gt=0, description="fewer new pairs than this: nothing to learn from, refused"
+    )
+
+
 class RefreshConfig(StrictModel):
-    """`haowu refresh` (serving/refresh/): when an updated index is rebuilt, not patched."""
+    """`haowu refresh` (serving/refresh/): when an updated index is rebuilt, not patched;
+    how the champion is fine-tuned on the new interactions (`--fine-tune`)."""
 
     probe_queries: int = Field(
         200, gt=0, description="fixed sample of creator vectors probing recall vs exact"
@@ -417,6 +437,7 @@ class RefreshConfig(StrictModel):
         8.0, gt=1, description="IVF: largest list / mean list size beyond which to rebuild"
     )
     seed: int = 0
+    fine_tune: FineTuneConfig = FineTuneConfig()
 
 
 class Settings(StrictModel):

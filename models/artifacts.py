@@ -73,11 +73,13 @@ REFRESH_STAGING = "staging"  # .refresh/staging/: outputs mirrored by their path
 REFRESH_PLAN = "_plan.json"  # staging/: written last; present = committed, roll forward
 REFRESH_APPLIED = "applied.json"  # .refresh/: digests of the deltas applied, in order
 REFRESH_MANIFEST = "refresh.json"  # DIR/lists/: the last refresh: what changed and why
+FINE_TUNE_DIR = "fine-tune"  # pipeline DIR/: one run folder per fine-tune of the champion
 
 REGISTRY_PREFIX = "models:/"
 MATCHING_MODEL = "haowu-matching"
 TIER_MODEL = "haowu-tier"
 RUN_DIR_TAG = "haowu.run_dir"
+FINE_TUNED_FROM_TAG = "haowu.fine_tuned_from"  # a fine-tuned run: the MLflow run it started from
 DATA_DIR_TAG = "haowu.data_dir"
 DEFAULT_DB = "mlflow.db"
 # MLflow's defaults (7 retries, backoff factor 2, 120 s) keep a dead server busy for minutes
@@ -147,6 +149,11 @@ class PipelineLayout:
     def refresh(self) -> Path:
         """`haowu refresh`'s own folder: staging, the commit journal, the applied deltas."""
         return self.root / REFRESH_DIR
+
+    @property
+    def fine_tune(self) -> Path:
+        """Fine-tuned matching runs (`haowu fine-tune`); the promoted one becomes `matching`."""
+        return self.root / FINE_TUNE_DIR
 
     @property
     def refresh_manifest(self) -> Path:

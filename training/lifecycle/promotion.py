@@ -25,12 +25,13 @@ from typing import Any
 
 from features.errors import HaowuError
 from features.settings import RegistryConfig
-from models.artifacts import RUN_META, registry_lock_path
+from models.artifacts import FINE_TUNED_FROM_TAG, RUN_META, registry_lock_path
 from training.lifecycle.tracking import configure, metric_key, tracking_uri
 
 log = logging.getLogger(__name__)
 
 HISTORY_TAG = "haowu.champion_history"
+CHAMPION_PREFIX = "champion."  # a fine-tuned run's metrics of the model it started from
 FINGERPRINT_TAG = "haowu.data_fingerprint"
 LOCK_WAIT_S = 120.0
 
@@ -211,19 +212,11 @@ def _promote(
     rows: list[GateRow] = []
     if champion is not None:
         old_run, new_run = client.get_run(champion.run_id), client.get_run(run_id)
-        rows = gate_rows(
-            old_run.data.metrics, new_run.data.metrics, cfg.gates.get(name, {}), cfg.tolerance
-        )
-        old_fp, new_fp = (
-            old_run.data.tags.get(FINGERPRINT_TAG),
-            new_run.data.tags.get(FINGERPRINT_TAG),
-        )
-        if old_fp != new_fp and not force:
-            raise PromotionRefused(
-                f"data fingerprint differs (champion {old_fp}, challenger {new_fp}); "
-                "metrics are only comparable on the same data",
-                format_gate_table(rows),
-            )
+        base = new_run.data.tags.get(FINE_TUNED_FROM_TAG)
+        if base is not None:  # a fine-tuned challenger was judged against its base in its run
+            rows = _fine_tuned_gate(champion, base, new_run.data.metrics, cfg, name, force)
+        else:
+            rows = _same_data_gate(old_run, new_run, cfg, name, force)
         if not all(r.passed for r in rows) and not force:
             raise PromotionRefused(
                 f"challenger v{challenger.version} is worse than champion v{champion.version}",
@@ -247,6 +240,49 @@ def _promote(
         rows,
         forced=force,
     )
+
+
+def _same_data_gate(old_run: Any, new_run: Any, cfg: RegistryConfig, name: str, force: bool):
+    """Champion and challenger runs' own metrics, comparable only on the same data."""
+    rows = gate_rows(
+        old_run.data.metrics, new_run.data.metrics, cfg.gates.get(name, {}), cfg.tolerance
+    )
+    old_fp, new_fp = (
+        old_run.data.tags.get(FINGERPRINT_TAG),
+        new_run.data.tags.get(FINGERPRINT_TAG),
+    )
+    if old_fp != new_fp and not force:
+        raise PromotionRefused(
+            f"data fingerprint differs (champion {old_fp}, challenger {new_fp}); "
+            "metrics are only comparable on the same data",
+            format_gate_table(rows),
+        )
+    return rows
+
+
+def _fine_tuned_gate(
+    champion: Any,
+    base_run: str,
+    metrics: dict[str, float],
+    cfg: RegistryConfig,
+    name: str,
+    force: bool,
+) -> list[GateRow]:
+    """A fine-tuned run holds both sides on its held-out pairs: its own figures and the
+    champion's (`champion.` prefix). That holds only while the champion is the model it
+    started from."""
+    if champion.run_id != base_run and not force:
+        raise PromotionRefused(
+            f"fine-tuned from run {base_run}, but the champion is now v{champion.version} "
+            f"(run {champion.run_id}): fine-tune the new champion instead",
+            "",
+        )
+    before = {
+        key.removeprefix(CHAMPION_PREFIX): value
+        for key, value in metrics.items()
+        if key.startswith(CHAMPION_PREFIX)
+    }
+    return gate_rows(before, metrics, cfg.gates.get(name, {}), cfg.tolerance)
 
 
 def run_id_of(run_dir: Path) -> str:

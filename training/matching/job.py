@@ -116,7 +116,14 @@ def metric_names(protocol: str, model: str, metrics: dict[str, float]) -> dict[s
 class MatchingJob:
     """State shared by the protocols of one run (data, side features, categories)."""
 
-    def __init__(self, cfg: Settings, data_dir: Path, tiers: Path | None, progress: bool) -> None:
+    def __init__(
+        self,
+        cfg: Settings,
+        data_dir: Path,
+        tiers: Path | None,
+        progress: bool,
+        with_oracle: bool = True,
+    ) -> None:
         self.cfg, self.mcfg = cfg, cfg.matching
         self.data_dir, self.progress = Path(data_dir), progress
         self.inter: Interactions = load_interactions(self.data_dir)
@@ -132,7 +139,7 @@ class MatchingJob:
         )
         self.oracle = (
             OracleRecommender(self.data_dir, self.inter.creators, self.inter.products)
-            if OracleRecommender.available(self.data_dir)
+            if with_oracle and OracleRecommender.available(self.data_dir)
             else None
         )
         self._reset()
@@ -295,7 +302,8 @@ def _verdict_markdown(verdicts: dict[str, Verdict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _save_model(job: MatchingJob, model: TwoTowerTrainer, folder: Path) -> None:
+def save_model(job: MatchingJob, model: TwoTowerTrainer, folder: Path) -> None:
+    """The served model folder: the recommender, its ID maps and what serving defaults to."""
     model.save(folder)
     np.save(folder / CREATOR_IDS, job.inter.creators.ids)
     np.save(folder / PRODUCT_IDS, job.inter.products.ids)
@@ -380,7 +388,7 @@ def run(
                 served = job.two_tower(refit_cfg, curve="refit").fit(job.inter.csr())
                 job.timings["refit_seconds"] = time.perf_counter() - start
                 job.history["refit"] = served.history
-            _save_model(job, served, staging / "model")
+            save_model(job, served, staging / "model")
             model_digest(staging / "model")  # kept beside the model: readers reuse it
             job.timings["job_seconds"] = time.perf_counter() - started
             metrics = job.metrics()

@@ -40,6 +40,7 @@ from models.matching.two_tower_served import (
     tower_spec,
 )
 from training.matching.optim import RowWiseAdagrad
+from training.matching.warm_start import WarmStart
 
 log = logging.getLogger(__name__)
 THREADS_PROBE_S = 0.25  # how long the trainer watches the machine before its first epoch
@@ -116,33 +117,34 @@ class TwoTowerTrainer(TwoTowerRecommender):
 
     # --- fitting -----------------------------------------------------------------------
 
-    def fit(self, train: sp.csr_matrix, val: sp.csr_matrix | None = None) -> TwoTowerRecommender:
-        """Train on `train`; `val` (held-out pairs, same shape) drives early stopping."""
+    def fit(
+        self,
+        train: sp.csr_matrix,
+        val: sp.csr_matrix | None = None,
+        warm: WarmStart | None = None,
+        history: sp.csr_matrix | None = None,
+    ) -> TwoTowerRecommender:
+        """Train on `train`; `val` (held-out pairs, same shape) drives early stopping.
+        `warm`: start from these weights and encoders (training/matching/warm_start.py)
+        instead of fitting new ones; `history`: the pairs the creator tower reads as each
+        creator's history, when they are more than the pairs trained on (fine-tuning
+        trains on a day's pairs, but a creator's history is everything it promoted)."""
         threads = torch.get_num_threads()
         torch.set_num_threads(self.cfg.threads)  # 2 cores: more threads only contend
         try:
-            return self._fit(train, val)
+            return self._fit(train, val, warm, train if history is None else history)
         finally:
             torch.set_num_threads(threads)
 
-    def _fit(self, train: sp.csr_matrix, val: sp.csr_matrix | None) -> TwoTowerRecommender:
+    def _fit(
+        self,
+        train: sp.csr_matrix,
+        val: sp.csr_matrix | None,
+        warm: WarmStart | None,
+        history_pairs: sp.csr_matrix,
+    ) -> TwoTowerRecommender:
         cfg = self.cfg
-        n_creators, n_products = train.shape
-        creator_frame = (
-            self.creator_frame
-            if self.creator_frame is not None
-            else pd.DataFrame(index=range(n_creators))
-        )
-        product_frame = (
-            self.product_frame
-            if self.product_frame is not None
-            else pd.DataFrame(index=range(n_products))
-        )
-        if len(creator_frame) != n_creators or len(product_frame) != n_products:
-            raise RecommenderError(
-                f"side frames have {len(creator_frame)}/{len(product_frame)} rows for a "
-                f"{n_creators}x{n_products} matrix"
-            )
+        self._check_frames(train.shape)
         torch.manual_seed(cfg.seed)
         rng = np.random.default_rng(cfg.seed)
         coo = train.tocoo()
@@ -152,9 +154,102 @@ class TwoTowerTrainer(TwoTowerRecommender):
         if cfg.max_train_pairs and len(creator) > cfg.max_train_pairs:
             keep = rng.choice(len(creator), cfg.max_train_pairs, replace=False)
             creator, product = creator[keep], product[keep]
+        if warm is None:
+            encoders = self._encoders(creator, product)
+            with_history = cfg.creator_history
+            warm = WarmStart(
+                build_two_tower(
+                    cfg,
+                    creator=tower_spec(
+                        encoders.creator_ids,
+                        encoders.creator_side,
+                        encoders.product_ids.vocab_size if with_history else 0,
+                    ),
+                    product=tower_spec(encoders.product_ids, encoders.product_side),
+                ),
+                encoders,
+                {},
+            )
+        creators_in, products_in = self._start(warm, history_pairs, rng)
+        log.info("two-tower trains on %s", products_in.device)
+        self._train_loop(creator, product, creators_in, products_in, train, val, rng)
+        self._embed_all(creators_in, products_in)
+        return self
 
+    def adopt(self, warm: WarmStart, history: sp.csr_matrix) -> TwoTowerRecommender:
+        """The warm-started model as it stands, embedded without training: what the
+        champion answers on the new catalog (its new rows read as cold items)."""
+        self._check_frames(history.shape)
+        creators_in, products_in = self._start(warm, history, np.random.default_rng(self.cfg.seed))
+        self._embed_all(creators_in, products_in)
+        return self
+
+    def _check_frames(self, shape: tuple[int, int]) -> None:
+        n_creators, n_products = shape
+        if self.creator_frame is None:
+            self.creator_frame = pd.DataFrame(index=range(n_creators))
+        if self.product_frame is None:
+            self.product_frame = pd.DataFrame(index=range(n_products))
+        if len(self.creator_frame) != n_creators or len(self.product_frame) != n_products:
+            raise RecommenderError(
+                f"side frames have {len(self.creator_frame)}/{len(self.product_frame)} rows "
+                f"for a {n_creators}x{n_products} matrix"
+            )
+
+    def _start(
+        self, warm: WarmStart, history_pairs: sp.csr_matrix, rng: np.random.Generator
+    ) -> tuple[TowerInputs, TowerInputs]:
+        """Take `warm`'s model and encoders; the towers' inputs for every position."""
+        cfg = self.cfg
+        assert self.creator_frame is not None and self.product_frame is not None
+        self.encoders, self.model = enc, model = warm.encoders, warm.model
+        history = (
+            CreatorHistory(
+                history_pairs, enc.product_ids.rows, cfg.history_max_items, rng, cfg.history_pooling
+            )
+            if cfg.creator_history and model.creator_tower.history is not None
+            else None
+        )
+        creators_in = TowerInputs(
+            enc.creator_ids, enc.creator_side.transform(self.creator_frame), history
+        )
+        products_in = TowerInputs(enc.product_ids, enc.product_side.transform(self.product_frame))
+        log.info(
+            "two-tower inputs: creator %s + %s, product %s + %s",
+            list(enc.creator_side.categorical),
+            list(enc.creator_side.numeric),
+            list(enc.product_side.categorical),
+            list(enc.product_side.numeric),
+        )
+        self.n_products = len(products_in)
+        device = resolve_device(cfg.device)
+        model.to(device)
+        creators_in.device = products_in.device = device
+        self._inputs = creators_in, products_in
+        return creators_in, products_in
+
+    def embed_with_history(self, pairs: sp.csr_matrix) -> None:
+        """Embed every creator and good again, each creator's history read from `pairs`
+        (after a fit that held some pairs out of the histories, for evaluation)."""
+        creators_in, products_in = self._inputs
+        cfg = self.cfg
+        if creators_in.history is not None:
+            assert self.encoders is not None
+            creators_in.history = CreatorHistory(
+                pairs,
+                self.encoders.product_ids.rows,
+                cfg.history_max_items,
+                np.random.default_rng(cfg.seed),
+                cfg.history_pooling,
+            )
+        self._embed_all(creators_in, products_in)
+
+    def _encoders(self, creator: np.ndarray, product: np.ndarray) -> TowerEncoders:
+        """Encoders fitted on the training pairs' creators and goods."""
+        cfg = self.cfg
+        assert self.creator_frame is not None and self.product_frame is not None
         creator_side = SideEncoder.fit(
-            creator_frame, np.unique(creator), cfg.creator_categorical, cfg.creator_numeric
+            self.creator_frame, np.unique(creator), cfg.creator_categorical, cfg.creator_numeric
         )
         # an ID-only creator tower with a history reads the history alone: a creator's own
         # ID row memorises its training goods and overfits (every creator maps to the OOV row)
@@ -163,50 +258,18 @@ class TwoTowerTrainer(TwoTowerRecommender):
             and cfg.history_replaces_creator_id
             and not (creator_side.categorical or creator_side.numeric)
         )
-        self.encoders = TowerEncoders(
+        n_creators, n_products = len(self.creator_frame), len(self.product_frame)
+        return TowerEncoders(
             IdEncoder.fit(n_creators, creator[:0] if id_free else creator, cfg.min_id_count),
             IdEncoder.fit(n_products, product, cfg.min_id_count),
             creator_side,
             SideEncoder.fit(
-                product_frame, np.unique(product), cfg.product_categorical, cfg.product_numeric
+                self.product_frame,
+                np.unique(product),
+                cfg.product_categorical,
+                cfg.product_numeric,
             ),
         )
-        enc = self.encoders
-        history = (
-            CreatorHistory(
-                train, enc.product_ids.rows, cfg.history_max_items, rng, cfg.history_pooling
-            )
-            if cfg.creator_history
-            else None
-        )
-        creators_in = TowerInputs(
-            enc.creator_ids, enc.creator_side.transform(creator_frame), history
-        )
-        products_in = TowerInputs(enc.product_ids, enc.product_side.transform(product_frame))
-        log.info(
-            "two-tower inputs: creator %s + %s, product %s + %s",
-            list(enc.creator_side.categorical),
-            list(enc.creator_side.numeric),
-            list(enc.product_side.categorical),
-            list(enc.product_side.numeric),
-        )
-        self.model = build_two_tower(
-            cfg,
-            creator=tower_spec(
-                enc.creator_ids,
-                enc.creator_side,
-                enc.product_ids.vocab_size if history is not None else 0,
-            ),
-            product=tower_spec(enc.product_ids, enc.product_side),
-        )
-        self.n_products = n_products
-        device = resolve_device(cfg.device)
-        self.model.to(device)
-        creators_in.device = products_in.device = device
-        log.info("two-tower trains on %s", device)
-        self._train_loop(creator, product, creators_in, products_in, train, val, rng)
-        self._embed_all(creators_in, products_in)
-        return self
 
     def _log_q(self, product: np.ndarray, n_products: int) -> torch.Tensor:
         """log of each product's expected count among one batch's candidates."""
