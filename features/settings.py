@@ -406,6 +406,14 @@ class BatchConfig(StrictModel):
     bench: BatchBenchParams = BatchBenchParams()
 
 
+class RefreshBenchParams(StrictModel):
+    """`haowu bench refresh`: the replayed days and the retrain arm's one fit."""
+
+    epochs: int = Field(3, gt=0, description="train-matching's one fit (start and daily retrain)")
+    k: int = Field(50, gt=0, description="recall@k of the creator lists on each day's new pairs")
+    seed: int = Field(0, description="which merchant is flagged each day")
+
+
 class RefreshConfig(StrictModel):
     """`haowu refresh` (serving/refresh/): when an updated index is rebuilt, not patched."""
 
@@ -417,6 +425,7 @@ class RefreshConfig(StrictModel):
         8.0, gt=1, description="IVF: largest list / mean list size beyond which to rebuild"
     )
     seed: int = 0
+    bench: RefreshBenchParams = RefreshBenchParams()
 
 
 class Settings(StrictModel):
