@@ -975,5 +975,139 @@ def bench_quality(
         typer.echo(f"wrote {out}")
 
 
+def _full_pipeline(cfg: Settings, folder: Path) -> float:
+    """What a daily full retrain runs on a pipeline folder's data, as `haowu pipeline`
+    does (train-tier, train-matching, both recommend steps; no registry, no brokers);
+    returns its seconds."""
+    from models.artifacts import PipelineLayout
+    from serving.batch.job import ListsRequest
+    from serving.batch.job import run as run_recommend
+    from training.matching.job import run as run_matching
+    from training.tier.job import run as run_tier
+
+    d = PipelineLayout(folder)
+    start = time.perf_counter()
+    run_tier(cfg, d.data, d.tier, overwrite=True)
+    run_matching(cfg, d.data, d.matching, tiers=d.tier, overwrite=True, progress=False,
+                 register=False)  # fmt: skip
+    for direction, lists in (("creator", d.creator_lists), ("product", d.product_lists)):
+        request = ListsRequest(d.data, str(d.matching), str(d.tier), cfg.refresh.bench.k,
+                               direction)  # fmt: skip
+        run_recommend(cfg, request, lists, overwrite=True, progress=False)
+    return time.perf_counter() - start
+
+
+@bench_app.command("refresh")
+@fails_cleanly
+def bench_refresh(
+    preset: PresetOpt = "small",
+    days: Annotated[int, typer.Option(help="days replayed after the start state")] = 7,
+    data: Annotated[
+        Path | None, typer.Option(help="data folder to replay (default: generate the preset)")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="write the rows and summary as JSON here (and a .png)")
+    ] = None,
+    workdir: Annotated[
+        Path | None, typer.Option(help="keep the timeline and each arm's folder here")
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Replay the last DAYS of a marketplace: each day's refresh vs a daily full retrain vs
+    never retraining; Recall@k on the day's new pairs, freshness, flags and cost."""
+    import os
+    import shutil
+    import tempfile
+
+    from features.io import write_json
+    from features.synthetic import generate as run_generate
+    from features.synthetic.timeline import add_later_rows, split_timeline
+    from models.artifacts import PipelineLayout
+    from serving.refresh import simulation
+    from serving.refresh.job import run as run_refresh
+    from serving.refresh.merge import merge_delta
+
+    base = settings(preset, config, set_)
+    bench = base.refresh.bench
+    # one fit per train-matching: no evaluation protocols, `bench.epochs` epochs
+    matching = base.matching.model_copy(update={"protocols": [], "epochs": bench.epochs})
+    cfg = base.model_copy(update={"matching": matching})
+    work = workdir or Path(tempfile.mkdtemp(prefix=f"haowu-bench-refresh-{preset}-"))
+    work.mkdir(parents=True, exist_ok=True)
+    store = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{(work / 'mlflow.db').resolve()}"
+    try:
+        source = data
+        if source is None:
+            source = work / "source"
+            typer.echo(f"generating {preset} into {source} ...")
+            run_generate(cfg.data, source, overwrite=True, progress=False)
+        timeline = split_timeline(source, work / "timeline", days, bench.seed, overwrite=True)
+        typer.echo(f"T0 {timeline.t0}; flagged merchants by day {list(timeline.flagged)}")
+        start_folder = work / "start"
+        shutil.rmtree(start_folder, ignore_errors=True)
+        shutil.copytree(timeline.start, PipelineLayout(start_folder).data)
+        full_seconds = _full_pipeline(cfg, start_folder)
+        typer.echo(f"start pipeline folder built in {full_seconds:.1f}s")
+
+        def timed(step: Callable[[Path], Any]) -> simulation.Advance:
+            def advance(delta: Path) -> float:
+                t = time.perf_counter()
+                step(delta)
+                return time.perf_counter() - t
+
+            return advance
+
+        def refresh(folder: Path) -> simulation.Advance:
+            return timed(lambda delta: run_refresh(cfg, folder, delta))
+
+        def retrain(folder: Path) -> simulation.Advance:
+            def step(delta: Path) -> None:
+                merge_delta(PipelineLayout(folder), delta)
+                add_later_rows(PipelineLayout(folder).data, timeline.later_of(delta))
+                _full_pipeline(cfg, folder)
+
+            return timed(step)
+
+        arms = {  # one entry per way of keeping up; a fine-tune arm joins here
+            "never": simulation.Arm(simulation.unchanged, "the start lists, never changed"),
+            "refresh": simulation.Arm(refresh, "haowu refresh with the day's delta"),
+            "retrain": simulation.Arm(retrain, "merge the delta, then a full pipeline"),
+        }
+        shutil.rmtree(work / "arms", ignore_errors=True)
+        rows = simulation.simulate(
+            timeline, start_folder, arms, work / "arms", bench.k, echo=typer.echo
+        )
+    finally:
+        if store is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = store
+        if workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    summary = simulation.summary(rows, bench.k, full_seconds)
+    typer.echo(f"\nload average {os.getloadavg()[0]:.2f}; {preset}, {days} days, "
+               f"start pipeline {full_seconds:.1f}s")  # fmt: skip
+    typer.echo(simulation.table(rows, bench.k) + "\n")
+    show({k: v for k, v in summary.items() if k != "per_arm"})
+    if out is not None:
+        doc = {
+            "preset": preset,
+            "days": days,
+            "k": bench.k,
+            "epochs": bench.epochs,
+            "t0": str(timeline.t0),
+            "flagged_merchants": list(timeline.flagged),
+            "arms": {name: arm.note for name, arm in arms.items()},
+            "summary": summary,
+            "rows": rows,
+        }
+        write_json(doc, out)
+        title = f"haowu bench refresh: {preset}, {days} days"
+        figure = simulation.plot(rows, bench.k, out.with_suffix(".png"), title)
+        typer.echo(f"wrote {out} and {figure}")
+
+
 if __name__ == "__main__":  # last: every command above is registered
     app()
