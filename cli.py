@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -24,6 +24,9 @@ from features.errors import HaowuError
 from features.settings import PRESETS, Settings, load_settings
 from features.version import haowu_version
 from models.artifacts import RUN_META
+
+if TYPE_CHECKING:
+    from serving.refresh.simulation import Arm
 
 app = typer.Typer(
     help="haowu (好物): product tiering and creator-goods matching for live commerce.",
@@ -997,6 +1000,42 @@ def _full_pipeline(cfg: Settings, folder: Path) -> float:
     return time.perf_counter() - start
 
 
+def _bench_arms(cfg: Settings) -> dict[str, Arm]:
+    """`haowu bench refresh`'s ways of keeping a pipeline folder up to date, each a
+    `simulation.Arm`: given its copy of the start folder, it returns its daily step.
+    Adding an arm (e.g. a fine-tune) is one entry here."""
+    from features.synthetic.timeline import add_later_rows, later_of
+    from models.artifacts import PipelineLayout
+    from serving.refresh.job import run as run_refresh
+    from serving.refresh.merge import merge_delta
+    from serving.refresh.simulation import Advance, Arm, unchanged
+
+    def timed(step: Callable[[Path], Any]) -> Advance:
+        def advance(delta: Path) -> float:
+            start = time.perf_counter()
+            step(delta)
+            return time.perf_counter() - start
+
+        return advance
+
+    def refresh(folder: Path) -> Advance:
+        return timed(lambda delta: run_refresh(cfg, folder, delta))
+
+    def retrain(folder: Path) -> Advance:
+        def step(delta: Path) -> None:
+            merge_delta(PipelineLayout(folder), delta)
+            add_later_rows(PipelineLayout(folder).data, later_of(delta))  # the day's labels
+            _full_pipeline(cfg, folder)
+
+        return timed(step)
+
+    return {
+        "never": Arm(unchanged, "the start lists, never changed"),
+        "refresh": Arm(refresh, "haowu refresh with the day's delta"),
+        "retrain": Arm(retrain, "the delta merged, then a full pipeline on all the data"),
+    }
+
+
 @bench_app.command("refresh")
 @fails_cleanly
 def bench_refresh(
@@ -1011,6 +1050,9 @@ def bench_refresh(
     workdir: Annotated[
         Path | None, typer.Option(help="keep the timeline and each arm's folder here")
     ] = None,
+    arm: Annotated[
+        list[str] | None, typer.Option(help="never | refresh | retrain, repeatable (default: all)")
+    ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -1022,17 +1064,20 @@ def bench_refresh(
 
     from features.io import write_json
     from features.synthetic import generate as run_generate
-    from features.synthetic.timeline import add_later_rows, split_timeline
+    from features.synthetic.timeline import split_timeline
     from models.artifacts import PipelineLayout
     from serving.refresh import simulation
-    from serving.refresh.job import run as run_refresh
-    from serving.refresh.merge import merge_delta
 
     base = settings(preset, config, set_)
     bench = base.refresh.bench
     # one fit per train-matching: no evaluation protocols, `bench.epochs` epochs
     matching = base.matching.model_copy(update={"protocols": [], "epochs": bench.epochs})
     cfg = base.model_copy(update={"matching": matching})
+    arms = _bench_arms(cfg)
+    unknown = [name for name in arm or () if name not in arms]
+    if unknown:
+        raise HaowuError(f"--arm {unknown[0]}: choose from {', '.join(arms)}")
+    arms = {name: a for name, a in arms.items() if not arm or name in arm}
     work = workdir or Path(tempfile.mkdtemp(prefix=f"haowu-bench-refresh-{preset}-"))
     work.mkdir(parents=True, exist_ok=True)
     store = os.environ.get("MLFLOW_TRACKING_URI")
@@ -1048,33 +1093,8 @@ def bench_refresh(
         start_folder = work / "start"
         shutil.rmtree(start_folder, ignore_errors=True)
         shutil.copytree(timeline.start, PipelineLayout(start_folder).data)
-        full_seconds = _full_pipeline(cfg, start_folder)
-        typer.echo(f"start pipeline folder built in {full_seconds:.1f}s")
-
-        def timed(step: Callable[[Path], Any]) -> simulation.Advance:
-            def advance(delta: Path) -> float:
-                t = time.perf_counter()
-                step(delta)
-                return time.perf_counter() - t
-
-            return advance
-
-        def refresh(folder: Path) -> simulation.Advance:
-            return timed(lambda delta: run_refresh(cfg, folder, delta))
-
-        def retrain(folder: Path) -> simulation.Advance:
-            def step(delta: Path) -> None:
-                merge_delta(PipelineLayout(folder), delta)
-                add_later_rows(PipelineLayout(folder).data, timeline.later_of(delta))
-                _full_pipeline(cfg, folder)
-
-            return timed(step)
-
-        arms = {  # one entry per way of keeping up; a fine-tune arm joins here
-            "never": simulation.Arm(simulation.unchanged, "the start lists, never changed"),
-            "refresh": simulation.Arm(refresh, "haowu refresh with the day's delta"),
-            "retrain": simulation.Arm(retrain, "merge the delta, then a full pipeline"),
-        }
+        start_seconds = _full_pipeline(cfg, start_folder)
+        typer.echo(f"start pipeline folder built in {start_seconds:.1f}s")
         shutil.rmtree(work / "arms", ignore_errors=True)
         rows = simulation.simulate(
             timeline, start_folder, arms, work / "arms", bench.k, echo=typer.echo
@@ -1086,9 +1106,9 @@ def bench_refresh(
             os.environ["MLFLOW_TRACKING_URI"] = store
         if workdir is None:
             shutil.rmtree(work, ignore_errors=True)
-    summary = simulation.summary(rows, bench.k, full_seconds)
+    summary = simulation.summary(rows, bench.k, start_seconds)
     typer.echo(f"\nload average {os.getloadavg()[0]:.2f}; {preset}, {days} days, "
-               f"start pipeline {full_seconds:.1f}s")  # fmt: skip
+               f"start pipeline {start_seconds:.1f}s")  # fmt: skip
     typer.echo(simulation.table(rows, bench.k) + "\n")
     show({k: v for k, v in summary.items() if k != "per_arm"})
     if out is not None:
@@ -1099,7 +1119,7 @@ def bench_refresh(
             "epochs": bench.epochs,
             "t0": str(timeline.t0),
             "flagged_merchants": list(timeline.flagged),
-            "arms": {name: arm.note for name, arm in arms.items()},
+            "arms": {name: a.note for name, a in arms.items()},
             "summary": summary,
             "rows": rows,
         }

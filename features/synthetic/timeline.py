@@ -75,10 +75,6 @@ class Timeline:
         """Day d's rows a delta cannot carry (tier_labels, broker_products), if any."""
         return self.root / LATER / f"day-{d:02d}"
 
-    def later_of(self, delta: Path) -> Path:
-        """The `later` rows of the day whose delta folder is `delta`."""
-        return self.root / LATER / Path(delta).name
-
     def day_start(self, d: int) -> pd.Timestamp:
         return self.t0 + (d - 1) * DAY
 
@@ -195,9 +191,15 @@ def split_timeline(
     return Timeline(out, t0, days, tuple(flagged))
 
 
+def later_of(delta: Path) -> Path:
+    """The `later` rows of the day whose delta folder (OUT/day-NN) is `delta`."""
+    return Path(delta).parent / LATER / Path(delta).name
+
+
 def add_later_rows(data_dir: Path, later: Path) -> dict[str, int]:
-    """Append a day's `later` rows (labels, broker goods) to DATA's tables, as a daily
-    retrain would find them; returns rows added per table."""
+    """Append a day's `later` rows (labels, broker goods) to DATA's tables (one file each,
+    as the start state holds them), as a daily retrain would find them; returns rows
+    added per table."""
     added = {}
     for name in ("tier_labels", "broker_products"):
         if has_table(later, name) and has_table(data_dir, name):
