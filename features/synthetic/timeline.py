@@ -18,9 +18,9 @@ into `OUT/start/`, a full data folder of every contract table as of T0, and
 - an interaction on the day of its `ts`; a label on the day of its `labelled_at` (or its
   good's day, when later);
 - merchants and brokers are all in the start state, and on each day one merchant not
-  flagged before, drawn by a seeded generator among those with a good promoted before
-  T0 (a good some list can hold), is flagged (`flagged_low_quality: true` in the day's
-  `merchants.parquet`).
+  flagged before, drawn by a seeded generator among those with goods promoted before
+  T0, with odds in proportion to those promotions (so its goods are likely in lists), is
+  flagged (`flagged_low_quality: true` in the day's `merchants.parquet`).
 
 Rows of tables a delta cannot carry (`tier_labels`, `broker_products` of later goods) are
 kept by day under `OUT/later/day-NN/`, so no row is lost: a daily retrain may read them.
@@ -217,16 +217,19 @@ def _draw_flags(
     days: int,
     seed: int,
 ) -> list[int]:
-    """One merchant a day, never flagged before, with a good promoted before T0."""
-    promoted = inter.loc[inter["day"] == START_DAY, "product_id"].unique()
-    owners = products.loc[products["product_id"].isin(promoted), "merchant_id"].unique()
-    already = (
-        merchants.loc[merchants[MERCHANT_FLAG], "merchant_id"]
-        if MERCHANT_FLAG in merchants.columns
-        else pd.Series([], dtype=np.int64)
-    )
-    candidates = np.setdiff1d(owners, already.to_numpy(np.int64))
-    if len(candidates) < days:
-        raise TimelineError(f"only {len(candidates)} merchants to flag, {days} days asked")
+    """One merchant a day, never flagged before, with goods promoted before T0; drawn
+    with odds in proportion to those promotions, so that its goods are likely in lists
+    and their leaving them is measured."""
+    before = inter.loc[inter["day"] == START_DAY, ["product_id"]]
+    owner = before.merge(products[["product_id", "merchant_id"]], on="product_id")
+    counts = owner["merchant_id"].value_counts()
+    if MERCHANT_FLAG in merchants.columns:
+        already = merchants.loc[merchants[MERCHANT_FLAG].to_numpy(bool), "merchant_id"]
+        counts = counts.drop(already.to_numpy(np.int64), errors="ignore")
+    if len(counts) < days:
+        raise TimelineError(f"only {len(counts)} merchants to flag, {days} days asked")
+    counts = counts.sort_index()  # the draw does not depend on value_counts' tie order
     rng = np.random.default_rng(seed)
-    return [int(m) for m in rng.choice(candidates, size=days, replace=False)]
+    odds = counts.to_numpy(np.float64) / counts.sum()
+    drawn = rng.choice(counts.index.to_numpy(np.int64), size=days, replace=False, p=odds)
+    return [int(m) for m in drawn]
