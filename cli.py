@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -24,6 +24,9 @@ from features.errors import HaowuError
 from features.settings import PRESETS, Settings, load_settings
 from features.version import haowu_version
 from models.artifacts import RUN_META
+
+if TYPE_CHECKING:
+    from serving.refresh.simulation import Arm
 
 app = typer.Typer(
     help="haowu (好物): product tiering and creator-goods matching for live commerce.",
@@ -1042,6 +1045,157 @@ def bench_quality(
     if out is not None:
         write_json(result, out)
         typer.echo(f"wrote {out}")
+
+
+def _full_pipeline(cfg: Settings, folder: Path) -> float:
+    """What a daily full retrain runs on a pipeline folder's data, as `haowu pipeline`
+    does (train-tier, train-matching, both recommend steps; no registry, no brokers);
+    returns its seconds."""
+    from models.artifacts import PipelineLayout
+    from serving.batch.job import ListsRequest
+    from serving.batch.job import run as run_recommend
+    from training.matching.job import run as run_matching
+    from training.tier.job import run as run_tier
+
+    d = PipelineLayout(folder)
+    start = time.perf_counter()
+    run_tier(cfg, d.data, d.tier, overwrite=True)
+    run_matching(cfg, d.data, d.matching, tiers=d.tier, overwrite=True, progress=False,
+                 register=False)  # fmt: skip
+    for direction, lists in (("creator", d.creator_lists), ("product", d.product_lists)):
+        request = ListsRequest(d.data, str(d.matching), str(d.tier), cfg.refresh.bench.k,
+                               direction)  # fmt: skip
+        run_recommend(cfg, request, lists, overwrite=True, progress=False)
+    return time.perf_counter() - start
+
+
+def _bench_arms(cfg: Settings) -> dict[str, Arm]:
+    """`haowu bench refresh`'s ways of keeping a pipeline folder up to date, each a
+    `simulation.Arm`: given its copy of the start folder, it returns its daily step.
+    Adding an arm (e.g. a fine-tune) is one entry here."""
+    from features.synthetic.timeline import add_later_rows, later_of
+    from models.artifacts import PipelineLayout
+    from serving.refresh.job import run as run_refresh
+    from serving.refresh.merge import merge_delta
+    from serving.refresh.simulation import Advance, Arm, unchanged
+
+    def timed(step: Callable[[Path], Any]) -> Advance:
+        def advance(delta: Path) -> float:
+            start = time.perf_counter()
+            step(delta)
+            return time.perf_counter() - start
+
+        return advance
+
+    def refresh(folder: Path) -> Advance:
+        return timed(lambda delta: run_refresh(cfg, folder, delta))
+
+    def retrain(folder: Path) -> Advance:
+        def step(delta: Path) -> None:
+            merge_delta(PipelineLayout(folder), delta)
+            add_later_rows(PipelineLayout(folder).data, later_of(delta))  # the day's labels
+            _full_pipeline(cfg, folder)
+
+        return timed(step)
+
+    return {
+        "never": Arm(unchanged, "the start lists, never changed"),
+        "refresh": Arm(refresh, "haowu refresh with the day's delta"),
+        "retrain": Arm(retrain, "the delta merged, then a full pipeline on all the data"),
+    }
+
+
+@bench_app.command("refresh")
+@fails_cleanly
+def bench_refresh(
+    preset: PresetOpt = "small",
+    days: Annotated[int, typer.Option(help="days replayed after the start state")] = 7,
+    data: Annotated[
+        Path | None, typer.Option(help="data folder to replay (default: generate the preset)")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="write the rows and summary as JSON here (and a .png)")
+    ] = None,
+    workdir: Annotated[
+        Path | None, typer.Option(help="keep the timeline and each arm's folder here")
+    ] = None,
+    arm: Annotated[
+        list[str] | None, typer.Option(help="never | refresh | retrain, repeatable (default: all)")
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Replay the last DAYS of a marketplace: each day's refresh vs a daily full retrain vs
+    never retraining; Recall@k on the day's new pairs, freshness, flags and cost."""
+    import os
+    import shutil
+    import tempfile
+
+    from features.io import write_json
+    from features.synthetic import generate as run_generate
+    from features.synthetic.timeline import split_timeline
+    from models.artifacts import PipelineLayout
+    from serving.refresh import simulation
+
+    base = settings(preset, config, set_)
+    bench = base.refresh.bench
+    # one fit per train-matching: no evaluation protocols, `bench.epochs` epochs
+    matching = base.matching.model_copy(update={"protocols": [], "epochs": bench.epochs})
+    cfg = base.model_copy(update={"matching": matching})
+    arms = _bench_arms(cfg)
+    unknown = [name for name in arm or () if name not in arms]
+    if unknown:
+        raise HaowuError(f"--arm {unknown[0]}: choose from {', '.join(arms)}")
+    arms = {name: a for name, a in arms.items() if not arm or name in arm}
+    work = workdir or Path(tempfile.mkdtemp(prefix=f"haowu-bench-refresh-{preset}-"))
+    work.mkdir(parents=True, exist_ok=True)
+    store = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{(work / 'mlflow.db').resolve()}"
+    try:
+        source = data
+        if source is None:
+            source = work / "source"
+            typer.echo(f"generating {preset} into {source} ...")
+            run_generate(cfg.data, source, overwrite=True, progress=False)
+        timeline = split_timeline(source, work / "timeline", days, bench.seed, overwrite=True)
+        typer.echo(f"T0 {timeline.t0}; flagged merchants by day {list(timeline.flagged)}")
+        start_folder = work / "start"
+        shutil.rmtree(start_folder, ignore_errors=True)
+        shutil.copytree(timeline.start, PipelineLayout(start_folder).data)
+        start_seconds = _full_pipeline(cfg, start_folder)
+        typer.echo(f"start pipeline folder built in {start_seconds:.1f}s")
+        shutil.rmtree(work / "arms", ignore_errors=True)
+        rows = simulation.simulate(
+            timeline, start_folder, arms, work / "arms", bench.k, echo=typer.echo
+        )
+    finally:
+        if store is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = store
+        if workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    summary = simulation.summary(rows, bench.k, start_seconds)
+    typer.echo(f"\nload average {os.getloadavg()[0]:.2f}; {preset}, {days} days, "
+               f"start pipeline {start_seconds:.1f}s")  # fmt: skip
+    typer.echo(simulation.table(rows, bench.k) + "\n")
+    show({k: v for k, v in summary.items() if k != "per_arm"})
+    if out is not None:
+        doc = {
+            "preset": preset,
+            "days": days,
+            "k": bench.k,
+            "epochs": bench.epochs,
+            "t0": str(timeline.t0),
+            "flagged_merchants": list(timeline.flagged),
+            "arms": {name: a.note for name, a in arms.items()},
+            "summary": summary,
+            "rows": rows,
+        }
+        write_json(doc, out)
+        title = f"haowu bench refresh: {preset}, {days} days"
+        figure = simulation.plot(rows, bench.k, out.with_suffix(".png"), title)
+        typer.echo(f"wrote {out} and {figure}")
 
 
 if __name__ == "__main__":  # last: every command above is registered

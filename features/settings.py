@@ -425,6 +425,14 @@ class FineTuneConfig(StrictModel):
     )
 
 
+class RefreshBenchParams(StrictModel):
+    """`haowu bench refresh`: the replayed days and the retrain arm's one fit."""
+
+    epochs: int = Field(3, gt=0, description="train-matching's one fit (start and daily retrain)")
+    k: int = Field(50, gt=0, description="recall@k of the creator lists on each day's new pairs")
+    seed: int = Field(0, description="which merchant is flagged each day")
+
+
 class RefreshConfig(StrictModel):
     """`haowu refresh` (serving/refresh/): when an updated index is rebuilt, not patched;
     how the champion is fine-tuned on the new interactions (`--fine-tune`)."""
@@ -438,6 +446,7 @@ class RefreshConfig(StrictModel):
     )
     seed: int = 0
     fine_tune: FineTuneConfig = FineTuneConfig()
+    bench: RefreshBenchParams = RefreshBenchParams()
 
 
 class Settings(StrictModel):

@@ -19,7 +19,8 @@ import pandas as pd
 from features.contract import TABLES
 from features.io import read_table, table_files, table_path, write_part, write_table
 from features.product_facts import MERCHANT_FLAG
-from serving.refresh.delta import UPSERTED, Delta
+from models.artifacts import PipelineLayout
+from serving.refresh.delta import UPSERTED, Delta, read_delta
 from serving.refresh.staging import Staging
 
 DATA = "data"  # DIR/data, as PipelineLayout names it
@@ -118,4 +119,19 @@ def stage_data(staging: Staging, data_dir: Path, delta: Delta) -> Changes:
     if "interactions" in delta.tables:
         changes.interactions = delta.tables["interactions"]
         _append_interactions(staging, data_dir, changes.interactions)
+    return changes
+
+
+def merge_delta(layout: PipelineLayout, delta_dir: Path) -> Changes:
+    """The refresh's data step alone: DELTA_DIR checked and merged into DIR/data, all or
+    nothing (what a daily retrain applies before it trains again)."""
+    delta = read_delta(Path(delta_dir), layout.data)
+    staging = Staging(layout)
+    staging.recover()
+    try:
+        changes = stage_data(staging, layout.data, delta)
+    except BaseException:
+        staging.discard()
+        raise
+    staging.commit({"delta_digest": delta.digest, "delta": str(Path(delta_dir).resolve())})
     return changes
