@@ -562,9 +562,7 @@ def _echo_refresh(manifest: dict[str, Any]) -> None:
 def _fine_tune(cfg: Settings, from_: Path, delta: Path, promote: bool) -> None:
     """Fine-tune DIR's model on the delta; with `promote`, the gate, and if it passes the
     fine-tuned model installed as DIR's and every list rewritten with it."""
-    from models.artifacts import MATCHING_MODEL, PipelineLayout, job_inputs
-    from serving.batch.job import ListsRequest
-    from serving.batch.job import run as run_recommend
+    from models.artifacts import MATCHING_MODEL, PipelineLayout
     from training.lifecycle.promotion import promote_run_dir
     from training.matching.fine_tune import install
     from training.matching.fine_tune import run as run_fine_tune
@@ -583,18 +581,32 @@ def _fine_tune(cfg: Settings, from_: Path, delta: Path, promote: bool) -> None:
     if verdict["status"] != "champion":
         typer.echo(f"not promoted: {verdict['reason']}; DIR keeps its model and lists")
         return
-    layout = PipelineLayout(from_)
-    replaced = install(layout, Path(result["run_dir"]))
+    replaced = install(PipelineLayout(from_), Path(result["run_dir"]))
     typer.echo(f"v{verdict['version']} is champion; DIR/matching replaced ({replaced} kept)")
-    for direction, target in (("creator", layout.creator_lists), ("product", layout.product_lists)):
-        if not target.is_dir():
-            continue
-        inputs = job_inputs(from_, None, None, None)
-        request = ListsRequest(inputs.data, inputs.model, inputs.tiers, direction=direction)
-        manifest = run_recommend(cfg, request, target, overwrite=True, progress=False)
+    for direction, manifest in _rewrite_lists(cfg, from_).items():
         typer.echo(
             f"{direction} lists rewritten: {manifest['rows']:,} rows in {manifest['seconds']}s"
         )
+
+
+def _rewrite_lists(cfg: Settings, folder: Path) -> dict[str, dict[str, Any]]:
+    """Every lists folder of pipeline folder `folder` written again by its (new) model,
+    with the list length it had."""
+    import json
+
+    from models.artifacts import SUCCESS, PipelineLayout, job_inputs
+    from serving.batch.job import ListsRequest
+    from serving.batch.job import run as run_recommend
+
+    layout, out = PipelineLayout(folder), {}
+    inputs = job_inputs(folder, None, None, None)
+    for direction, target in (("creator", layout.creator_lists), ("product", layout.product_lists)):
+        if not (target / SUCCESS).is_file():
+            continue
+        k = int(json.loads((target / SUCCESS).read_text())["k"])
+        request = ListsRequest(inputs.data, inputs.model, inputs.tiers, k, direction)
+        out[direction] = run_recommend(cfg, request, target, overwrite=True, progress=False)
+    return out
 
 
 @app.command("fine-tune")
@@ -1074,10 +1086,13 @@ def _bench_arms(cfg: Settings) -> dict[str, Arm]:
     `simulation.Arm`: given its copy of the start folder, it returns its daily step.
     Adding an arm (e.g. a fine-tune) is one entry here."""
     from features.synthetic.timeline import add_later_rows, later_of
-    from models.artifacts import PipelineLayout
+    from models.artifacts import MATCHING_MODEL, PipelineLayout
     from serving.refresh.job import run as run_refresh
     from serving.refresh.merge import merge_delta
     from serving.refresh.simulation import Advance, Arm, unchanged
+    from training.lifecycle.promotion import fine_tuned_rows
+    from training.matching.fine_tune import FineTuneError, install
+    from training.matching.fine_tune import run as run_fine_tune
 
     def timed(step: Callable[[Path], Any]) -> Advance:
         def advance(delta: Path) -> float:
@@ -1098,9 +1113,29 @@ def _bench_arms(cfg: Settings) -> dict[str, Arm]:
 
         return timed(step)
 
+    def fine_tune(folder: Path) -> Advance:
+        def step(delta: Path) -> None:
+            run_refresh(cfg, folder, delta)
+            try:
+                result = run_fine_tune(cfg, folder, delta, register=False)
+            except FineTuneError as exc:  # e.g. too few new pairs today: the refresh stands
+                logging.getLogger("haowu.bench").warning("no fine-tune today: %s", exc)
+                return
+            rows = fine_tuned_rows(result["metrics"], cfg.registry, MATCHING_MODEL)
+            if all(row.passed for row in rows):  # the gate, without a registry
+                install(PipelineLayout(folder), Path(result["run_dir"]))
+                _rewrite_lists(cfg, folder)
+
+        return timed(step)
+
     return {
         "never": Arm(unchanged, "the start lists, never changed"),
         "refresh": Arm(refresh, "haowu refresh with the day's delta"),
+        "fine-tune": Arm(
+            fine_tune,
+            "refresh, then the model fine-tuned on the day's pairs; if it passes the gate, "
+            "installed and every list rewritten",
+        ),
         "retrain": Arm(retrain, "the delta merged, then a full pipeline on all the data"),
     }
 
@@ -1120,7 +1155,8 @@ def bench_refresh(
         Path | None, typer.Option(help="keep the timeline and each arm's folder here")
     ] = None,
     arm: Annotated[
-        list[str] | None, typer.Option(help="never | refresh | retrain, repeatable (default: all)")
+        list[str] | None,
+        typer.Option(help="never | refresh | fine-tune | retrain, repeatable (default: all)"),
     ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,

@@ -74,6 +74,9 @@ class MatchingConfig(StrictModel):
     history_pooling: Literal["mean", "idf"] = Field(
         "mean", description="mean of the history's goods, or weighted by their rarity (IDF)"
     )
+    tie_history: bool = Field(
+        False, description="the history reads the product tower's ID rows, not its own table"
+    )
     creator_categorical: list[str] = Field(default=["category_pref", "price_band", "region"])
     creator_numeric: list[str] = Field(
         default=["followers", "fans_female_share", "account_age_days"]
@@ -137,6 +140,15 @@ class MatchingConfig(StrictModel):
     )
     max_train_pairs: int = Field(0, ge=0, description="sample this many training pairs (0 = all)")
     refit_all: bool = Field(True, description="refit the served model on every pair")
+    refit_warm_epochs: int = Field(
+        0,
+        ge=0,
+        description="0: the refit trains from scratch for the best epoch count; n: n epochs "
+        "from the first protocol's model (warm start)",
+    )
+    refit_warm_lr_scale: float = Field(
+        0.5, gt=0, le=1, description="warm refit: the learning rates times this"
+    )
     # evaluation
     eval_k: list[int] = Field(default=[10, 20, 50, 100])
     early_stop_k: int = Field(50, gt=0)

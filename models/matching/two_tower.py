@@ -56,6 +56,7 @@ class TwoTowerConfig:
     learn_temperature: bool = False
     id_dropout: float = 0.1
     id_only_dropout: float = 0.0  # on the MLP input of a tower without side features
+    tie_history: bool = False  # the creator's history reads the product tower's ID rows
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,7 +98,7 @@ class Tower(nn.Module):
         # the history table is dropped when a service only embeds newcomers (no history),
         # so the width is remembered apart from the module
         self.history_dim = cfg.id_dim if spec.history_rows else 0
-        self.history: nn.EmbeddingBag | None = (
+        self.history: nn.EmbeddingBag | nn.Embedding | None = (
             nn.EmbeddingBag(spec.history_rows, cfg.id_dim, mode="sum", sparse=True)
             if spec.history_rows
             else None
@@ -146,7 +147,14 @@ class Tower(nn.Module):
         if history is None or self.history is None:
             device = next(self.parameters()).device
             return torch.zeros(batch, self.history_dim, device=device)
-        total = self.history(history.items, history.offsets, per_sample_weights=history.weights)
+        total = F.embedding_bag(
+            history.items,
+            self.history.weight,
+            history.offsets,
+            mode="sum",
+            sparse=True,
+            per_sample_weights=history.weights,
+        )
         mean = total / history.counts.clamp(min=1.0)[:, None]
         if dropped is not None:
             mean = mean.masked_fill(dropped[:, None], 0.0)
@@ -159,6 +167,9 @@ class TwoTower(nn.Module):
         self.cfg = cfg
         self.creator_tower = Tower(cfg.creator, cfg)
         self.product_tower = Tower(cfg.product, cfg)
+        if cfg.tie_history and self.creator_tower.history is not None:
+            # one row per good, read as a target and as history (FISM-style item-item)
+            self.creator_tower.history = self.product_tower.ids
         log_t = torch.tensor(float(cfg.temperature)).log()
         if cfg.learn_temperature:
             self.log_temperature = nn.Parameter(log_t)

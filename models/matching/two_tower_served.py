@@ -79,6 +79,7 @@ def build_two_tower(cfg: MatchingConfig, creator: TowerSpec, product: TowerSpec)
             learn_temperature=cfg.learn_temperature,
             id_dropout=cfg.id_dropout,
             id_only_dropout=cfg.id_only_dropout,
+            tie_history=cfg.tie_history,
         )
     )
 

@@ -160,6 +160,7 @@ def test_refresh_fine_tune_learns_new_goods_passes_the_gate_and_rewrites_the_lis
     result = CliRunner().invoke(cli_app, args)
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert "is champion" in result.output, result.output
+    assert mlflow.active_run() is None  # the learning curve went into the fine-tune run
 
     # the fine-tuned run became DIR's model; the replaced one is kept
     meta = json.loads((d.matching / RUN_META).read_text())

@@ -277,6 +277,14 @@ def _fine_tuned_gate(
             f"(run {champion.run_id}): fine-tune the new champion instead",
             "",
         )
+    return fine_tuned_rows(metrics, cfg, name)
+
+
+def fine_tuned_rows(metrics: dict[str, float], cfg: RegistryConfig, name: str) -> list[GateRow]:
+    """The gate on a fine-tuned run's own metrics: the model it started from (`champion.`
+    prefix) against the fine-tuned one, on the same held-out pairs (keys as logged or as
+    the job returns them: `recall_at_50` or `recall@50`)."""
+    metrics = {metric_key(key): value for key, value in metrics.items()}
     before = {
         key.removeprefix(CHAMPION_PREFIX): value
         for key, value in metrics.items()

@@ -190,30 +190,31 @@ def run(
             mcfg.min_id_count,
         )  # fmt: skip
 
-    champion = job.two_tower().adopt(warm(), inter.csr(known))
-    start = warm()
-    tuned = job.two_tower(curve="fine_tune")
-    tuned.fit(inter.csr(period.train), warm=start, history=inter.csr(known))
-    train_seconds = time.perf_counter() - started
-
-    task = make_task("holdout", inter, period.holdout, known, mcfg.eval_creators, mcfg.seed)
-    scores = {
-        name: run_eval(model, task, mcfg.eval_k, job.categories, mcfg.eval_batch).metrics
-        for name, model in (("champion", champion), ("fine_tuned", tuned))
-    }
-    tuned.embed_with_history(inter.csr())  # the served vectors read every pair
-    metrics: dict[str, float] = {
-        **scores["fine_tuned"],
-        **{CHAMPION_PREFIX + k: v for k, v in scores["champion"].items()},
-        **{k: float(v) for k, v in period.counts().items()},
-        "new_creator_rows": float(start.new_rows["creator"]),
-        "new_product_rows": float(start.new_rows["product"]),
-        "train_seconds": train_seconds,
-    }
     with atomic_output_dir(out, overwrite) as staging:
         tags = {RUN_DIR_TAG: str(out.resolve()), FINE_TUNED_FROM_TAG: base_run}
         params = {"fine_tune": ft.model_dump(), "matching": mcfg.model_dump(), "since": str(since)}
+        # the learning curve is logged by epoch: into this run, so training happens in it
         with tracking.job_run("fine-tune", params, layout.data, tags=tags) as mlrun:
+            champion = job.two_tower().adopt(warm(), inter.csr(known))
+            start = warm()
+            tuned = job.two_tower(curve="fine_tune")
+            tuned.fit(inter.csr(period.train), warm=start, history=inter.csr(known))
+            train_seconds = time.perf_counter() - started
+
+            task = make_task("holdout", inter, period.holdout, known, mcfg.eval_creators, mcfg.seed)
+            scores = {
+                name: run_eval(model, task, mcfg.eval_k, job.categories, mcfg.eval_batch).metrics
+                for name, model in (("champion", champion), ("fine_tuned", tuned))
+            }
+            tuned.embed_with_history(inter.csr())  # the served vectors read every pair
+            metrics: dict[str, float] = {
+                **scores["fine_tuned"],
+                **{CHAMPION_PREFIX + k: v for k, v in scores["champion"].items()},
+                **{k: float(v) for k, v in period.counts().items()},
+                "new_creator_rows": float(start.new_rows["creator"]),
+                "new_product_rows": float(start.new_rows["product"]),
+                "train_seconds": train_seconds,
+            }
             save_model(job, tuned, staging / "model")
             model_digest(staging / "model")
             metrics["job_seconds"] = time.perf_counter() - started
@@ -235,10 +236,11 @@ def run(
                 "fine_tuned_from": base_run,
             }
             write_json(meta, staging / RUN_META)
-    k = max(mcfg.eval_k)
     log.info(
-        "fine-tune: held-out recall@%d champion %.4f -> fine-tuned %.4f (%s)",
-        k, scores["champion"][f"recall@{k}"], scores["fine_tuned"][f"recall@{k}"], out,
+        "fine-tune: held-out %s (champion -> fine-tuned); wrote %s",
+        {f"recall@{k}": (round(scores["champion"][f"recall@{k}"], 4),
+                         round(scores["fine_tuned"][f"recall@{k}"], 4)) for k in mcfg.eval_k},
+        out,
     )  # fmt: skip
     return {"run_dir": str(out), "version": version, "metrics": metrics}
 

@@ -78,6 +78,7 @@ from training.matching.verdict import (
     val_metric,
     verdict,
 )
+from training.matching.warm_start import carry
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +216,26 @@ class MatchingJob:
                     {k: round(v, 4) for k, v in result.metrics.items() if k.startswith("recall@")},
                 )
         return model
+
+    def refit(self, first: TwoTowerTrainer | None) -> TwoTowerTrainer:
+        """The served model, on every pair: from scratch for the best epoch count, or
+        (`refit_warm_epochs` > 0) a few epochs on from the first protocol's model, which
+        has learnt most of it already (training/matching/warm_start.py)."""
+        cfg, inter = self.mcfg, self.inter
+        if first is None or not cfg.refit_warm_epochs:
+            refit_cfg = cfg.model_copy(update={"epochs": max(self.best_epoch, 1)})
+            return self.two_tower(refit_cfg, curve="refit").fit(inter.csr())
+        scale = cfg.refit_warm_lr_scale
+        refit_cfg = cfg.model_copy(
+            update={
+                "epochs": cfg.refit_warm_epochs,
+                "lr": cfg.lr * scale,
+                "embedding_lr": cfg.embedding_lr * scale,
+            }
+        )
+        ids = inter.creators.ids, inter.products.ids
+        warm = carry(first, *ids, *ids, inter.creator, inter.product, cfg.min_id_count)
+        return self.two_tower(refit_cfg, curve="refit").fit(inter.csr(), warm=warm)
 
     def _judge(self, split: Split, models: dict[str, Recommender]) -> None:
         """Score every model on the split's validation pairs: which won, by how much."""
@@ -383,9 +404,8 @@ def run(
                 if protocol == "random" or served is None:
                     served, job.best_epoch = model, model.best_epoch
             if served is None or mcfg.refit_all:
-                refit_cfg = mcfg.model_copy(update={"epochs": max(job.best_epoch, 1)})
                 start = time.perf_counter()
-                served = job.two_tower(refit_cfg, curve="refit").fit(job.inter.csr())
+                served = job.refit(served)
                 job.timings["refit_seconds"] = time.perf_counter() - start
                 job.history["refit"] = served.history
             save_model(job, served, staging / "model")
