@@ -305,3 +305,19 @@ def test_device_selection() -> None:
         resolve_device("cuda", cuda_available=False)
     with pytest.raises(ConfigError, match="auto, cpu or cuda"):
         resolve_device("tpu", cuda_available=True)
+
+
+def test_a_tied_history_reads_the_product_tower_s_id_rows() -> None:
+    train, test = _blocks()
+    cfg = _tiny_cfg(epochs=10, patience=0, tie_history=True, id_only_dropout=0.0)
+    model = TwoTowerTrainer(cfg, progress=False).fit(train)
+    towers = model.model
+    assert towers.creator_tower.history is towers.product_tower.ids  # one table, two readers
+    state = towers.state_dict()
+    assert torch.equal(state["creator_tower.history.weight"], state["product_tower.ids.weight"])
+    creators = np.arange(train.shape[0])
+    positions, _ = model.recommend(creators, 10, exclude=train[creators])
+    found = np.mean(
+        [len(set(positions[i]) & set(test[c].indices)) / 2 for i, c in enumerate(creators)]
+    )
+    assert found > 3 * 10 / (train.shape[1] - 6)  # the planted blocks, as untied

@@ -193,3 +193,44 @@ def test_a_delta_without_interactions_is_refused(tmp_path: Path) -> None:
     (tmp_path / "delta").mkdir()
     with pytest.raises(FineTuneError, match="no interactions table"):
         delta_start(tmp_path / "delta")
+
+
+def test_a_warm_refit_carries_what_the_first_protocol_learnt() -> None:
+    """`matching.refit_warm_epochs`: one epoch on from the protocol model finds the
+    planted blocks about as well as the model it started from; one epoch from scratch
+    does not."""
+    from features.matching_data import IdIndex, Interactions
+    from features.settings import load_settings
+    from tests.models.test_two_tower import _blocks
+    from training.matching.job import MatchingJob
+
+    train, test = _blocks(seed=3)
+    coo = train.tocoo()
+    n_creators, n_products = train.shape
+    inter = Interactions(IdIndex(np.arange(n_creators)), IdIndex(np.arange(n_products)),
+                         coo.row.astype(np.int64), coo.col.astype(np.int64), None)  # fmt: skip
+    towers = dict(id_dim=8, side_dim=4, hidden=[16], out_dim=8, batch_size=64, val_creators=0,
+                  threads=1, patience=0, id_only_dropout=0.0, adaptive_threads=False)  # fmt: skip
+    cfg = load_settings("tiny", overrides=[f"matching.{k}={v}" for k, v in towers.items()])
+
+    def found(model) -> float:
+        creators = np.arange(n_creators)
+        positions, _ = model.recommend(creators, 10, exclude=train[creators])
+        return float(np.mean([len(set(positions[i]) & set(test[c].indices)) / 2
+                              for i, c in enumerate(creators)]))  # fmt: skip
+
+    first = MatchingJob.from_interactions(cfg, inter).two_tower(
+        cfg.matching.model_copy(update={"epochs": 15})
+    ).fit(train)  # fmt: skip
+    warm_cfg = cfg.model_copy(
+        update={"matching": cfg.matching.model_copy(update={"refit_warm_epochs": 1})}
+    )
+    warm = MatchingJob.from_interactions(warm_cfg, inter).refit(first)
+    cold_cfg = cfg.model_copy(update={"matching": cfg.matching.model_copy(update={"epochs": 1})})
+    cold = MatchingJob.from_interactions(cold_cfg, inter)
+    cold.best_epoch = 1
+    scratch = cold.refit(None)
+    assert len(warm.history) == 1 and len(scratch.history) == 1
+    assert found(warm) >= 0.8 * found(first) > found(scratch) + 0.1, (
+        found(warm), found(first), found(scratch)
+    )  # fmt: skip
