@@ -86,16 +86,19 @@ def new_pairs(day: pd.DataFrame, seen: pd.MultiIndex) -> pd.DataFrame:
     return pairs[~pd.MultiIndex.from_frame(pairs).isin(seen)].reset_index(drop=True)
 
 
-def recall_at(lists: pd.DataFrame, truth: pd.DataFrame) -> tuple[float, int]:
-    """Mean over creators with a list and a truth pair of (truth pairs in the list /
-    truth pairs); returns (recall, creators scored). NaN when no creator is scored."""
-    truth = truth[truth["creator_id"].isin(lists["creator_id"].unique())]
+def recall_at(lists: pd.DataFrame, truth: pd.DataFrame) -> tuple[float, float, int]:
+    """(truth pairs in the list / truth pairs) per creator with a truth pair, averaged two
+    ways: over the creators that have a list, and over all of them (a creator without a
+    list, e.g. one who joined after the lists were made, scores 0). Returns (recall with a
+    list, recall over all, creators with a list); NaN when there is no truth pair."""
     if truth.empty:
-        return math.nan, 0
+        return math.nan, math.nan, 0
     found = truth.merge(lists.drop_duplicates(), on=PAIR, how="left", indicator=True)
     found["hit"] = found.pop("_merge").eq("both")
     per_creator = found.groupby("creator_id")["hit"].mean()
-    return float(per_creator.mean()), len(per_creator)
+    listed = per_creator[per_creator.index.isin(lists["creator_id"].unique())]
+    with_list = float(listed.mean()) if len(listed) else math.nan
+    return with_list, float(per_creator.mean()), len(listed)
 
 
 @dataclass
@@ -203,7 +206,7 @@ def simulate(
         flagged_all = world.goods_of(world.flagged)
         for name in arms:
             lists = list_pairs(folders[name])
-            recall, scored = recall_at(lists, truth[PAIR])
+            recall, recall_all, scored = recall_at(lists, truth[PAIR])
             flagged_before = int(np.isin(lists["product_id"].unique(), flagged).sum())
             seconds = steps[name](timeline.day(d))
             after = list_pairs(folders[name])["product_id"].unique()
@@ -215,7 +218,11 @@ def simulate(
                 "day": d,
                 "arm": name,
                 f"recall@{k}": round(recall, 4) if math.isfinite(recall) else None,
+                f"recall@{k}_all_creators": (
+                    round(recall_all, 4) if math.isfinite(recall_all) else None
+                ),
                 "creators_scored": scored,
+                "creators_with_new_pairs": int(truth["creator_id"].nunique()),
                 "new_pairs": len(truth),
                 "seconds": round(seconds, 2),
                 "new_goods": len(goods),
@@ -256,22 +263,27 @@ def summary(rows: list[dict[str, Any]], k: int, start_seconds: float) -> dict[st
         "start_pipeline_seconds": round(start_seconds, 2),
     }
     by_arm = {arm: part.set_index("day") for arm, part in frame.groupby("arm")}
-    refresh, retrain, never = (by_arm.get(a) for a in ("refresh", "retrain", "never"))
-    if refresh is None:
-        return out
-    out["refresh_flagged_goods_left"] = int(refresh["flagged_goods_in_lists"].sum())
-    out["refresh_eligible_listed_same_day_min"] = round(
-        float(refresh["eligible_listed_same_day"].min()), 4
-    )
+    retrain, never = by_arm.get("retrain"), by_arm.get("never")
     if retrain is not None:
         out["retrain_seconds_mean"] = round(float(retrain["seconds"].mean()), 2)
-        share = refresh["seconds"] / retrain["seconds"]
-        out["refresh_cost_share_of_retrain_max"] = round(float(share.max()), 4)
-        gap = (retrain[recall] - refresh[recall]).loc[2:]
-        out["refresh_recall_gap_to_retrain_max"] = round(float(gap.max()), 4)
-    if never is not None:
-        ratio = (refresh[recall] / never[recall]).loc[2:]
-        out["refresh_over_never_recall_min"] = round(float(ratio.min()), 4)
+    for arm, days in by_arm.items():
+        if arm in ("retrain", "never"):
+            continue
+        out[f"{arm}_flagged_goods_left"] = int(days["flagged_goods_in_lists"].sum())
+        out[f"{arm}_eligible_listed_same_day_min"] = round(
+            float(days["eligible_listed_same_day"].astype(float).min()), 4
+        )
+        if retrain is not None:
+            share = days["seconds"] / retrain["seconds"]
+            out[f"{arm}_cost_share_of_retrain_max"] = round(float(share.max()), 4)
+            gap = (retrain[recall] - days[recall]).loc[2:]
+            out[f"{arm}_recall_gap_to_retrain_max"] = round(float(gap.max()), 4)
+        if never is not None:
+            ratio = (days[recall] / never[recall]).loc[2:]
+            out[f"{arm}_over_never_recall_min"] = round(float(ratio.min()), 4)
+            every = f"{recall}_all_creators"
+            ratio = (days[every].astype(float) / never[every].astype(float)).loc[2:]
+            out[f"{arm}_over_never_recall_all_creators_min"] = round(float(ratio.min()), 4)
     return out
 
 

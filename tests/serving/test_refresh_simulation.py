@@ -27,13 +27,15 @@ def test_new_pairs_are_distinct_and_unseen() -> None:
     assert new_pairs(day, seen).values.tolist() == [[1, 11], [2, 10]]
 
 
-def test_recall_is_the_mean_over_creators_with_a_list() -> None:
+def test_recall_is_the_mean_over_creators_with_a_list_and_over_all() -> None:
     lists = _pairs([(1, 10), (1, 11), (1, 12), (2, 20), (2, 21)])
-    # creator 1 finds 1 of 2, creator 2 none of 1, creator 3 has no list: left out
+    # creator 1 finds 1 of 2, creator 2 none of 1, creator 3 has no list: 0 over all
     truth = _pairs([(1, 10), (1, 19), (2, 29), (3, 10)])
-    recall, scored = recall_at(lists, truth)
+    recall, recall_all, scored = recall_at(lists, truth)
     assert scored == 2 and recall == pytest.approx(0.25)
-    assert np.isnan(recall_at(lists, _pairs([(3, 10)]))[0])
+    assert recall_all == pytest.approx(0.5 / 3)
+    with_list, over_all, scored = recall_at(lists, _pairs([(3, 10)]))
+    assert np.isnan(with_list) and over_all == 0.0 and scored == 0
 
 
 def test_freshness_latency_and_same_day_share() -> None:
@@ -71,14 +73,16 @@ def test_bench_refresh_end_to_end(tmp_path: Path) -> None:
     doc = json.loads(out.read_text())
     rows = pd.DataFrame(doc["rows"])
     assert sorted(zip(rows["day"], rows["arm"], strict=True)) == [
-        (d, a) for d in (1, 2) for a in ("never", "refresh", "retrain")
+        (d, a) for d in (1, 2) for a in ("fine-tune", "never", "refresh", "retrain")
     ]
     recall = rows["recall@50"].astype(float)
     assert recall.between(0, 1).all()
-    refresh = rows[rows["arm"] == "refresh"]
-    assert (refresh["flagged_goods_in_lists"] == 0).all()
-    assert (refresh["seconds"] > 0).all()
+    assert rows["recall@50_all_creators"].astype(float).between(0, 1).all()
+    for arm in ("refresh", "fine-tune", "retrain"):  # a flagged merchant leaves every list
+        updated = rows[rows["arm"] == arm]
+        assert (updated["flagged_goods_in_lists"] == 0).all(), arm
+        assert (updated["seconds"] > 0).all(), arm
     assert (rows.loc[rows["arm"] == "never", "new_goods_listed_same_day"] == 0).all()
     assert out.with_suffix(".png").is_file()
-    for arm in ("never", "refresh", "retrain"):
+    for arm in ("never", "refresh", "fine-tune", "retrain"):
         assert arm in result.output
