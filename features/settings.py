@@ -457,6 +457,15 @@ class RefreshConfig(StrictModel):
         8.0, gt=1, description="IVF: largest list / mean list size beyond which to rebuild"
     )
     seed: int = 0
+    new_good_creators: int = Field(
+        1,
+        ge=0,
+        description="exposure slot: a new good no list took joins this many "
+        "creators' lists (0 = off)",
+    )
+    new_good_slots_per_list: int = Field(
+        1, gt=0, description="exposure slot: last places one list gives to such goods"
+    )
     fine_tune: FineTuneConfig = FineTuneConfig()
     bench: RefreshBenchParams = RefreshBenchParams()
 

@@ -73,6 +73,11 @@ def _require(layout: PipelineLayout) -> None:
             raise RefreshError(f"--from {layout.root}: no {what} at {path} (run the pipeline)")
 
 
+def _exposure(cfg: Settings) -> tuple[int, int] | None:
+    r = cfg.refresh
+    return (r.new_good_creators, r.new_good_slots_per_list) if r.new_good_creators else None
+
+
 def run(cfg: Settings, from_dir: Path, delta_dir: Path) -> dict[str, Any]:
     """Refresh pipeline folder `from_dir` with `delta_dir`; returns the refresh manifest."""
     layout = PipelineLayout(Path(from_dir)).require()
@@ -165,6 +170,7 @@ def _refresh(
             goods.added,
             out_of_lists,
             remove,
+            _exposure(cfg),
         )
     }
     if product_manifest is not None:

@@ -9,7 +9,9 @@ Creator lists (goods per creator) are recomputed, with the batch job's own row f
   score in their current list;
 - `held_removed_good`: creators whose list holds a good that left the candidate set (or
   whose tier moved: the list's tier, boost and share slots depend on it);
-- `new_creator`: creators with no list yet (new creators, embedded from their features).
+- `new_creator`: creators with no list yet (new creators, embedded from their features);
+- `new_good_slot`: creators whose list gives a last place to a new good no other list
+  took (exposure.py), so that every new good is in some list the day it is listed.
 
 Product lists (creators per good) are written for the goods added to the index, and the
 lists of goods that left it are dropped. A part file none of whose queries changed is
@@ -30,6 +32,7 @@ import pyarrow.parquet as pq
 from features.io import write_part
 from models.retrieval.list_rows import creator_rows, goods_rows
 from models.retrieval.run import RetrievalRun
+from serving.refresh import exposure
 
 PART_GLOB = "part-*.parquet"
 SCORE_CHUNK = 4096  # creators scored against the added goods at a time
@@ -137,8 +140,11 @@ def rewrite_creator_lists(
     added_goods: np.ndarray,
     removed_goods: np.ndarray,
     stage_remove: Callable[[Path], None],
+    exposure_slots: tuple[int, int] | None = None,
 ) -> Rewrite:
-    """Recompute the creator lists whose inputs changed (module doc) into `out`."""
+    """Recompute the creator lists whose inputs changed (module doc) into `out`;
+    `exposure_slots` = (creators per new good, slots per list) gives each new good no
+    rewritten list took its exposure slots (exposure.py)."""
     result = Rewrite("creator")
     parts, held = _read(folder, ["creator_id", "product_id", "score"])
     held["creator"] = _internal(run, "creator", held["creator_id"].to_numpy())
@@ -164,14 +170,56 @@ def rewrite_creator_lists(
     result.reasons = {name: int((mask & known).sum()) for name, mask in reasons.items()}
     result.reasons["new_creator"] = len(new_creators)
     rows = _goods(run, pos[affected], k)
+    fresh = _goods(run, new_creators, k)
+    if exposure_slots is not None and len(added_goods):
+        rows, fresh, slotted = _expose(run, per, rows, fresh, added_goods, k, exposure_slots)
+        reasons["new_good_slot"] = np.isin(per["external"].to_numpy(), slotted) & ~affected
+        result.reasons["new_good_slot"] = int(reasons["new_good_slot"].sum())
+        affected |= reasons["new_good_slot"]
     edits: dict[int, tuple[set, pd.DataFrame | None]] = {}
     for part, group in per[affected].groupby("part"):
         taken = set(group["external"].tolist())
         mine = rows[rows["creator_id"].isin(taken)] if len(rows) else None
         edits[int(part)] = (taken, mine)
     result.queries = int(affected.sum()) + len(new_creators)
-    _write(out, parts, "creator_id", edits, _goods(run, new_creators, k), result, stage_remove)
+    _write(out, parts, "creator_id", edits, fresh, result, stage_remove)
     return result
+
+
+def _expose(
+    run: RetrievalRun,
+    per: pd.DataFrame,
+    rows: pd.DataFrame,
+    fresh: pd.DataFrame,
+    added_goods: np.ndarray,
+    k: int,
+    slots: tuple[int, int],
+) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
+    """The new goods no rewritten list took, each given its exposure slots (exposure.py);
+    returns the rewritten and new creators' rows with their slots, and the creators
+    (user IDs) whose unchanged lists now take one."""
+    listed = np.concatenate(
+        [frame["product_id"].to_numpy(np.int64) for frame in (rows, fresh) if len(frame)]
+        or [np.empty(0, np.int64)]
+    )
+    missing = added_goods[~np.isin(run.external("product", added_goods), listed)]
+    per_good, per_list = slots
+    chosen = exposure.assign(exposure.candidates(run, missing, per_good), per_good, per_list)
+    if chosen.empty:
+        return rows, fresh, np.empty(0, np.int64)
+    slot = exposure.slot_rows(run, chosen)
+    done = np.concatenate([
+        frame["creator_id"].unique() for frame in (rows, fresh) if len(frame)
+    ] or [np.empty(0, np.int64)])  # fmt: skip
+    others = np.setdiff1d(slot["creator_id"].unique(), done)
+    held = per.index.to_numpy(np.int64)[np.isin(per["external"].to_numpy(), others)]
+    extra = _goods(run, run.creators.ids.positions(held), k)
+    rows = pd.concat([frame for frame in (rows, extra) if len(frame)] or [rows])
+    in_fresh = slot["creator_id"].isin(fresh["creator_id"] if len(fresh) else [])
+    rows = exposure.place(rows, slot[~in_fresh], k) if len(rows) else rows
+    if len(fresh):
+        fresh = exposure.place(fresh, slot[in_fresh], k)
+    return rows, fresh, others
 
 
 def rewrite_product_lists(

@@ -162,6 +162,14 @@ def test_only_changed_lists_are_rewritten_and_the_index_is_patched(pipeline, cfg
     assert creator_lists["parts_rewritten"] >= 1
     # flagged goods left every list; the busy creators' new goods are not offered back
     assert not set(after["product_id"]) & flagged_goods
+    # every new good is in some list today: by score, or in an exposure slot at a list's end
+    assert set(goods) <= set(after["product_id"])
+    assert after.groupby("creator_id").size().max() <= 50
+    slots = after[after["reason"].str.contains("exposure slot")]
+    assert set(slots["product_id"]) <= set(goods)
+    per_list = slots.groupby("creator_id").size()
+    assert per_list.empty or per_list.max() <= cfg.refresh.new_good_slots_per_list
+    assert reasons.get("new_good_slot", 0) <= len(goods)
     # the saved goods index was patched live: new goods in, the flagged merchant's out
     index = EmbeddingIndex.load(d.matching / "model" / "index", "products")
     assert index.contains(np.array(goods)).all()
@@ -440,3 +448,24 @@ def test_a_refresh_killed_after_its_commit_is_finished_by_the_next_run(
     pd.testing.assert_frame_equal(_lists(pipeline), _lists(twin))
     tiers = [pd.read_parquet(p / "tier" / "tiers.parquet") for p in (pipeline, twin)]
     pd.testing.assert_frame_equal(*tiers)
+
+
+def test_exposure_slots_are_greedy_by_score_and_capped_per_list() -> None:
+    from serving.refresh.exposure import assign, place
+
+    # goods 1 and 2 both want creator 7 first; a list takes one slot, so 2 goes to 8
+    options = pd.DataFrame(
+        {"product_id": [1, 1, 2, 2, 3], "creator_id": [7, 9, 7, 8, 7],
+         "score": [0.9, 0.5, 0.8, 0.7, 0.1], "rank": [1, 2, 1, 2, 1]}
+    )  # fmt: skip
+    chosen = assign(options, per_good=1, per_list=1)
+    assert dict(zip(chosen["product_id"], chosen["creator_id"], strict=True)) == {1: 7, 2: 8}
+    # good 3's only creator is full: it stays out rather than overfill a list
+    lists = pd.DataFrame(
+        {"creator_id": [7, 7, 7, 8], "rank": [1, 2, 3, 1],
+         "product_id": [10, 11, 12, 13], "score": [3.0, 2.0, 1.0, 1.0]}
+    )  # fmt: skip
+    slot = chosen.assign(rank=0)[["creator_id", "rank", "product_id", "score"]]
+    out = place(lists, slot, k=3)
+    assert out[out["creator_id"] == 7]["product_id"].tolist() == [10, 11, 1]  # last place
+    assert out[out["creator_id"] == 8][["product_id", "rank"]].values.tolist() == [[13, 1], [2, 2]]
