@@ -50,7 +50,7 @@ from features.io import (
     table_files,
     write_json,
 )
-from features.settings import Settings
+from features.settings import MatchingConfig, Settings
 from features.validate import validate_tables
 from models.artifacts import (
     FINE_TUNED_FROM_TAG,
@@ -70,7 +70,7 @@ from training.evaluation.evaluate import make_task
 from training.lifecycle import tracking
 from training.lifecycle.promotion import CHAMPION_PREFIX, run_id_of
 from training.matching.job import INPUT_TABLES, REGISTERED_NAME, MatchingJob, save_model
-from training.matching.warm_start import carry
+from training.matching.warm_start import WarmStart, carry
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +130,78 @@ def new_period(
     return NewPeriod(train, holdout, new)
 
 
+def _output(layout: PipelineLayout, delta_dir: Path, out: Path | None, overwrite: bool) -> Path:
+    """The run folder: DIR/fine-tune/<delta digest>, refused when this delta's fine-tune
+    is already DIR's model."""
+    digest = files_digest([(p.name, p) for p in table_files(Path(delta_dir), "interactions")])
+    out = Path(out) if out is not None else layout.fine_tune / digest[:12]
+    installed = layout.fine_tune / f"{out.name}.replaced"
+    if installed.exists() and not overwrite:
+        raise FineTuneError(
+            f"DIR/matching is already the model fine-tuned on this delta ({installed} is "
+            "the one it replaced)"
+        )
+    ensure_empty_output(out, overwrite)
+    return out
+
+
+def _settings(cfg: Settings, base: MatchingConfig) -> MatchingConfig:
+    """The champion's own settings, for a few epochs at scaled-down learning rates, on
+    this machine's threads and device."""
+    ft = cfg.refresh.fine_tune
+    return base.model_copy(
+        update={
+            "epochs": ft.epochs,
+            "lr": base.lr * ft.lr_scale,
+            "embedding_lr": base.embedding_lr * ft.lr_scale,
+            "threads": cfg.matching.threads,
+            "adaptive_threads": cfg.matching.adaptive_threads,
+            "device": cfg.matching.device,
+        }
+    )
+
+
+def _fit_and_judge(
+    job: MatchingJob, base: Any, period: NewPeriod
+) -> tuple[TwoTowerRecommender, dict[str, float]]:
+    """Fine-tune from the base model; both models scored on the held-out pairs."""
+    inter, mcfg = job.inter, job.mcfg
+    known = ~period.holdout
+
+    def warm() -> WarmStart:  # the base on today's positions; each call a fresh copy
+        return carry(
+            base.model, base.creators.ids, base.products.ids, inter.creators.ids,
+            inter.products.ids, inter.creator[period.train], inter.product[period.train],
+            mcfg.min_id_count,
+        )  # fmt: skip
+
+    started = time.perf_counter()
+    champion = job.two_tower().adopt(warm(), inter.csr(known))
+    start = warm()
+    tuned = job.two_tower(curve="fine_tune")
+    tuned.fit(inter.csr(period.train), warm=start, history=inter.csr(known))
+    train_seconds = time.perf_counter() - started
+    task = make_task("holdout", inter, period.holdout, known, mcfg.eval_creators, mcfg.seed)
+    scores = {
+        name: run_eval(model, task, mcfg.eval_k, job.categories, mcfg.eval_batch).metrics
+        for name, model in (("champion", champion), ("fine_tuned", tuned))
+    }
+    log.info(
+        "fine-tune: held-out %s (champion -> fine-tuned)",
+        {f"recall@{k}": (round(scores["champion"][f"recall@{k}"], 4),
+                         round(scores["fine_tuned"][f"recall@{k}"], 4)) for k in mcfg.eval_k},
+    )  # fmt: skip
+    tuned.embed_with_history(inter.csr())  # the served vectors read every pair
+    return tuned, {
+        **scores["fine_tuned"],
+        **{CHAMPION_PREFIX + k: v for k, v in scores["champion"].items()},
+        **{k: float(v) for k, v in period.counts().items()},
+        "new_creator_rows": float(start.new_rows["creator"]),
+        "new_product_rows": float(start.new_rows["product"]),
+        "train_seconds": train_seconds,
+    }
+
+
 def run(
     cfg: Settings,
     from_dir: Path,
@@ -141,80 +213,36 @@ def run(
 ) -> dict[str, Any]:
     """Fine-tune DIR's matching model on the delta's period; returns the metrics, the run
     folder and the registered version."""
+    from training.lifecycle.model_logging import log_matching_model
+
+    started = time.perf_counter()
     layout = PipelineLayout(Path(from_dir)).require()
     ft = cfg.refresh.fine_tune
     since = delta_start(Path(delta_dir))
-    digest = files_digest([(p.name, p) for p in table_files(Path(delta_dir), "interactions")])
-    out = Path(out) if out is not None else layout.fine_tune / digest[:12]
-    installed = layout.fine_tune / f"{out.name}.replaced"
-    if installed.exists() and not overwrite:
-        raise FineTuneError(
-            f"DIR/matching is already the model fine-tuned on this delta ({installed} is "
-            "the one it replaced)"
-        )
-    ensure_empty_output(out, overwrite)
+    out = _output(layout, Path(delta_dir), out, overwrite)
     validate_tables(layout.data, INPUT_TABLES)
     base = open_matching_run(layout.matching)
     if not isinstance(base.model, TwoTowerRecommender):
         raise FineTuneError(f"{layout.matching} holds a {base.model.kind} model: only a "
                             "two-tower model is fine-tuned")  # fmt: skip
     base_run = run_id_of(layout.matching)
-    mcfg = base.model.cfg.model_copy(
-        update={
-            "epochs": ft.epochs,
-            "lr": base.model.cfg.lr * ft.lr_scale,
-            "embedding_lr": base.model.cfg.embedding_lr * ft.lr_scale,
-            "threads": cfg.matching.threads,
-            "adaptive_threads": cfg.matching.adaptive_threads,
-            "device": cfg.matching.device,
-        }
-    )
-    started = time.perf_counter()
+    mcfg = _settings(cfg, base.model.cfg)
     job = MatchingJob(
         cfg.model_copy(update={"matching": mcfg}), layout.data, layout.tier, progress, False
     )
-    inter = job.inter
-    if inter.first_ts is None:
+    if job.inter.first_ts is None:
         raise FineTuneError(f"{layout.data}: interactions without times: no new period")
     period = new_period(
-        inter.first_ts, since, ft.holdout_fraction, ft.replay_ratio, ft.min_new_pairs,
+        job.inter.first_ts, since, ft.holdout_fraction, ft.replay_ratio, ft.min_new_pairs,
         np.random.default_rng(cfg.refresh.seed),
     )  # fmt: skip
     log.info("fine-tune from %s: %s", layout.matching, period.counts())
-    known = ~period.holdout
-
-    def warm():  # the champion on today's positions; each call a fresh copy
-        return carry(
-            base.model, base.creators.ids, base.products.ids, inter.creators.ids,
-            inter.products.ids, inter.creator[period.train], inter.product[period.train],
-            mcfg.min_id_count,
-        )  # fmt: skip
-
     with atomic_output_dir(out, overwrite) as staging:
         tags = {RUN_DIR_TAG: str(out.resolve()), FINE_TUNED_FROM_TAG: base_run}
         params = {"fine_tune": ft.model_dump(), "matching": mcfg.model_dump(), "since": str(since)}
         # the learning curve is logged by epoch: into this run, so training happens in it
         with tracking.job_run("fine-tune", params, layout.data, tags=tags) as mlrun:
-            champion = job.two_tower().adopt(warm(), inter.csr(known))
-            start = warm()
-            tuned = job.two_tower(curve="fine_tune")
-            tuned.fit(inter.csr(period.train), warm=start, history=inter.csr(known))
-            train_seconds = time.perf_counter() - started
-
-            task = make_task("holdout", inter, period.holdout, known, mcfg.eval_creators, mcfg.seed)
-            scores = {
-                name: run_eval(model, task, mcfg.eval_k, job.categories, mcfg.eval_batch).metrics
-                for name, model in (("champion", champion), ("fine_tuned", tuned))
-            }
-            tuned.embed_with_history(inter.csr())  # the served vectors read every pair
-            metrics: dict[str, float] = {
-                **scores["fine_tuned"],
-                **{CHAMPION_PREFIX + k: v for k, v in scores["champion"].items()},
-                **{k: float(v) for k, v in period.counts().items()},
-                "new_creator_rows": float(start.new_rows["creator"]),
-                "new_product_rows": float(start.new_rows["product"]),
-                "train_seconds": train_seconds,
-            }
+            tuned, metrics = _fit_and_judge(job, base, period)
             save_model(job, tuned, staging / "model")
             model_digest(staging / "model")
             metrics["job_seconds"] = time.perf_counter() - started
@@ -225,8 +253,6 @@ def run(
             )
             tracking.log_metrics(metrics)
             tracking.log_artifact(staging / METRICS, artifact_path="run")
-            from training.lifecycle.model_logging import log_matching_model
-
             version = log_matching_model(staging / "model", REGISTERED_NAME if register else None)
             meta = {
                 "run_id": mlrun.info.run_id,
@@ -236,12 +262,7 @@ def run(
                 "fine_tuned_from": base_run,
             }
             write_json(meta, staging / RUN_META)
-    log.info(
-        "fine-tune: held-out %s (champion -> fine-tuned); wrote %s",
-        {f"recall@{k}": (round(scores["champion"][f"recall@{k}"], 4),
-                         round(scores["fine_tuned"][f"recall@{k}"], 4)) for k in mcfg.eval_k},
-        out,
-    )  # fmt: skip
+    log.info("fine-tune: wrote %s", out)
     return {"run_dir": str(out), "version": version, "metrics": metrics}
 
 
