@@ -29,7 +29,7 @@ from models.artifacts import (
     open_matching_run,
 )
 from training.lifecycle.promotion import PromotionRefused, _fine_tuned_gate
-from training.matching.fine_tune import FineTuneError, delta_start, new_period
+from training.matching.fine_tune import FineTuneError, delta_start, install, new_period
 from training.matching.fine_tune import run as fine_tune
 from training.matching.two_tower_fit import TwoTowerTrainer
 from training.matching.warm_start import carry
@@ -173,6 +173,8 @@ def test_refresh_fine_tune_learns_new_goods_passes_the_gate_and_rewrites_the_lis
     assert (tuned.model.encoders.product_ids.rows[tuned.products.positions(goods)] > 0).all()
     replaced = list(d.fine_tune.glob("*.replaced"))
     assert len(replaced) == 1 and model_digest(replaced[0] / "model") == base_digest
+    with pytest.raises(FineTuneError, match="fine-tuned from run"):  # not over another base
+        install(d, replaced[0])
     assert str(
         mlflow.MlflowClient().get_model_version_by_alias("haowu-matching", "champion").version
     ) == str(meta["version"])

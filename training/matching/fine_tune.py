@@ -31,6 +31,7 @@ contract as train-matching's (`model/`, `metrics.json`, `history.json`, `config.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -271,6 +272,12 @@ def install(layout: PipelineLayout, run_dir: Path) -> Path:
     DIR/fine-tune/<run>.replaced (kept for a rollback by hand), the run folder takes its
     place; returns where the replaced one went. Both moves are renames on one file system."""
     run_dir = Path(run_dir).resolve()
+    base = json.loads((run_dir / RUN_META).read_text()).get("fine_tuned_from")
+    if base != run_id_of(layout.matching):
+        raise FineTuneError(
+            f"{run_dir} was fine-tuned from run {base}, but DIR/matching is now run "
+            f"{run_id_of(layout.matching)}: fine-tune that model instead"
+        )
     replaced = layout.fine_tune / f"{run_dir.name}.replaced"
     if replaced.exists():
         raise FineTuneError(f"{replaced} exists: this fine-tune was installed before")
