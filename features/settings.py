@@ -141,13 +141,13 @@ class MatchingConfig(StrictModel):
     max_train_pairs: int = Field(0, ge=0, description="sample this many training pairs (0 = all)")
     refit_all: bool = Field(True, description="refit the served model on every pair")
     refit_warm_epochs: int = Field(
-        0,
+        1,
         ge=0,
         description="0: the refit trains from scratch for the best epoch count; n: n epochs "
         "from the first protocol's model (warm start)",
     )
     refit_warm_lr_scale: float = Field(
-        0.5, gt=0, le=1, description="warm refit: the learning rates times this"
+        1.0, gt=0, le=1, description="warm refit: the learning rates times this"
     )
     # evaluation
     eval_k: list[int] = Field(default=[10, 20, 50, 100])

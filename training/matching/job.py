@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import torch
 import yaml
 
@@ -217,14 +218,18 @@ class MatchingJob:
                 )
         return model
 
-    def refit(self, first: TwoTowerTrainer | None) -> TwoTowerTrainer:
-        """The served model, on every pair: from scratch for the best epoch count, or
-        (`refit_warm_epochs` > 0) a few epochs on from the first protocol's model, which
-        has learnt most of it already (training/matching/warm_start.py)."""
+    def refit(
+        self, first: TwoTowerTrainer | None, pairs: sp.csr_matrix | None = None
+    ) -> TwoTowerTrainer:
+        """The served model on `pairs` (default: every pair): from scratch for the best
+        epoch count, or (`refit_warm_epochs` > 0) a few epochs on from the first
+        protocol's model, which has learnt most of it already
+        (training/matching/warm_start.py)."""
         cfg, inter = self.mcfg, self.inter
+        pairs = inter.csr() if pairs is None else pairs
         if first is None or not cfg.refit_warm_epochs:
             refit_cfg = cfg.model_copy(update={"epochs": max(self.best_epoch, 1)})
-            return self.two_tower(refit_cfg, curve="refit").fit(inter.csr())
+            return self.two_tower(refit_cfg, curve="refit").fit(pairs)
         scale = cfg.refit_warm_lr_scale
         refit_cfg = cfg.model_copy(
             update={
@@ -234,8 +239,9 @@ class MatchingJob:
             }
         )
         ids = inter.creators.ids, inter.products.ids
-        warm = carry(first, *ids, *ids, inter.creator, inter.product, cfg.min_id_count)
-        return self.two_tower(refit_cfg, curve="refit").fit(inter.csr(), warm=warm)
+        coo = pairs.tocoo()
+        warm = carry(first, *ids, *ids, coo.row, coo.col, cfg.min_id_count)
+        return self.two_tower(refit_cfg, curve="refit").fit(pairs, warm=warm)
 
     def _judge(self, split: Split, models: dict[str, Recommender]) -> None:
         """Score every model on the split's validation pairs: which won, by how much."""

@@ -14,8 +14,8 @@ Train and test share one ID space (their union, so a test-only item is still ran
 Every model sees the same training matrix; every item is ranked and the user's training
 items are masked. Validation is carved from the training pairs with the job's random
 split: the two-tower early-stops on it (then, as the job does, refits on all training
-pairs for the best epoch count), ALS and EASE pick their grid point on it and are refit
-on all training pairs. Pop and ItemKNN have nothing to tune.
+pairs: `refit_warm_epochs` on from the early-stopped model), ALS and EASE pick their grid
+point on it and are refit on all training pairs. Pop and ItemKNN have nothing to tune.
 """
 
 from __future__ import annotations
@@ -204,12 +204,12 @@ def bench_log(
         start = time.perf_counter()
         setting, validation = "", []
         if name == MODEL:
-            model: Recommender = job.two_tower().fit(fit_pairs, val)
-            epochs = max(model.best_epoch, 1)
-            validation = model.history
-            if cfg.refit_all:
-                model = job.two_tower(cfg.model_copy(update={"epochs": epochs})).fit(full)
-            setting = f"{cfg.loss}, {epochs} epochs"
+            first = job.two_tower().fit(fit_pairs, val)
+            job.best_epoch = epochs = max(first.best_epoch, 1)
+            validation = first.history
+            model = job.refit(first, full) if cfg.refit_all else first  # as the job refits
+            refit = f" + {cfg.refit_warm_epochs} on all" if cfg.refit_warm_epochs else ""
+            setting = f"{cfg.loss}, {epochs} epochs{refit}"
         elif name == "pop":
             model = PopularityRecommender().fit(full)
         elif name == "itemknn":
