@@ -141,7 +141,7 @@ class MatchingConfig(StrictModel):
     max_train_pairs: int = Field(0, ge=0, description="sample this many training pairs (0 = all)")
     refit_all: bool = Field(True, description="refit the served model on every pair")
     refit_warm_epochs: int = Field(
-        1,
+        0,
         ge=0,
         description="0: the refit trains from scratch for the best epoch count; n: n epochs "
         "from the first protocol's model (warm start)",

@@ -219,17 +219,21 @@ class MatchingJob:
         return model
 
     def refit(
-        self, first: TwoTowerTrainer | None, pairs: sp.csr_matrix | None = None
+        self,
+        first: TwoTowerTrainer | None,
+        pairs: sp.csr_matrix | None = None,
+        curve: str = "refit",
     ) -> TwoTowerTrainer:
         """The served model on `pairs` (default: every pair): from scratch for the best
         epoch count, or (`refit_warm_epochs` > 0) a few epochs on from the first
         protocol's model, which has learnt most of it already
-        (training/matching/warm_start.py)."""
+        (training/matching/warm_start.py). `curve`: the MLflow prefix of its learning
+        curve ("" = not logged)."""
         cfg, inter = self.mcfg, self.inter
         pairs = inter.csr() if pairs is None else pairs
         if first is None or not cfg.refit_warm_epochs:
             refit_cfg = cfg.model_copy(update={"epochs": max(self.best_epoch, 1)})
-            return self.two_tower(refit_cfg, curve="refit").fit(pairs)
+            return self.two_tower(refit_cfg, curve=curve).fit(pairs)
         scale = cfg.refit_warm_lr_scale
         refit_cfg = cfg.model_copy(
             update={
@@ -241,7 +245,7 @@ class MatchingJob:
         ids = inter.creators.ids, inter.products.ids
         coo = pairs.tocoo()
         warm = carry(first, *ids, *ids, coo.row, coo.col, cfg.min_id_count)
-        return self.two_tower(refit_cfg, curve="refit").fit(pairs, warm=warm)
+        return self.two_tower(refit_cfg, curve=curve).fit(pairs, warm=warm)
 
     def _judge(self, split: Split, models: dict[str, Recommender]) -> None:
         """Score every model on the split's validation pairs: which won, by how much."""

@@ -207,7 +207,7 @@ def bench_log(
             first = job.two_tower().fit(fit_pairs, val)
             job.best_epoch = epochs = max(first.best_epoch, 1)
             validation = first.history
-            model = job.refit(first, full) if cfg.refit_all else first  # as the job refits
+            model = job.refit(first, full, curve="") if cfg.refit_all else first  # as the job
             refit = f" + {cfg.refit_warm_epochs} on all" if cfg.refit_warm_epochs else ""
             setting = f"{cfg.loss}, {epochs} epochs{refit}"
         elif name == "pop":
