@@ -422,15 +422,15 @@ class FineTuneConfig(StrictModel):
     """`haowu fine-tune` / `haowu refresh --fine-tune`: the champion trained on from where it
     stood, on a delta's new pairs plus a replay of older ones (training/matching/fine_tune.py)."""
 
-    epochs: int = Field(2, gt=0, description="passes over the new pairs and their replay")
-    replay_ratio: float = Field(
-        4.0, ge=0, description="older pairs replayed per new pair, against forgetting"
+    epochs: int = Field(1, gt=0, description="passes over the new pairs and their replay")
+    replay_share: float = Field(
+        1.0, ge=0, le=1, description="share of the older pairs replayed, against forgetting"
     )
     holdout_fraction: float = Field(
         0.3, gt=0, lt=1, description="latest share of the new pairs kept out, to judge on"
     )
     lr_scale: float = Field(
-        0.5, gt=0, le=1, description="learning rates of the champion's settings times this"
+        1.0, gt=0, le=1, description="learning rates of the champion's settings times this"
     )
     min_new_pairs: int = Field(
         100, gt=0, description="fewer new pairs than this: nothing to learn from, refused"

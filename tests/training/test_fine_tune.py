@@ -80,14 +80,16 @@ def test_the_warm_start_keeps_known_rows_and_starts_new_ids_at_the_oov_row() -> 
 def test_the_new_period_holds_out_its_latest_pairs_and_replays_older_ones() -> None:
     first_ts = np.arange(1000, dtype=np.int64) * 10**9
     since = np.datetime64(800, "s").astype("datetime64[ns]")
-    period = new_period(first_ts, since, 0.25, 2.0, 10, np.random.default_rng(0))
+    period = new_period(first_ts, since, 0.25, 0.5, 10, np.random.default_rng(0))
     assert period.new.sum() == 200
     assert first_ts[period.holdout].min() > first_ts[period.new & ~period.holdout].max()
     assert period.holdout.sum() == pytest.approx(50, abs=1)
     assert not (period.train & period.holdout).any()
-    assert period.counts()["replayed_pairs"] == 2 * (200 - period.holdout.sum())
+    assert period.counts()["replayed_pairs"] == 400  # half of the 800 older pairs
+    every = new_period(first_ts, since, 0.25, 1.0, 10, np.random.default_rng(0))
+    assert (every.train == ~every.holdout).all()  # the default: every older pair replayed
     with pytest.raises(FineTuneError, match="min_new_pairs"):
-        new_period(first_ts, since, 0.25, 2.0, 500, np.random.default_rng(0))
+        new_period(first_ts, since, 0.25, 0.5, 500, np.random.default_rng(0))
 
 
 def test_the_fine_tune_gate_compares_the_run_with_its_own_base() -> None:
