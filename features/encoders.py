@@ -44,12 +44,20 @@ class IdEncoder:
         return int(self.rows.max(initial=0)) + 1
 
     def to_dict(self) -> dict[str, Any]:
-        return {"known": np.flatnonzero(self.rows).tolist(), "n": len(self.rows)}
+        known = np.flatnonzero(self.rows)
+        out: dict[str, Any] = {"known": known.tolist(), "n": len(self.rows)}
+        if not np.array_equal(self.rows[known], np.arange(1, len(known) + 1)):
+            # rows not in position order (a warm start appends new IDs' rows at the end)
+            out["rows"] = self.rows[known].tolist()
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> IdEncoder:
         rows = np.zeros(d["n"], dtype=np.int64)
-        rows[np.asarray(d["known"], dtype=np.int64)] = np.arange(1, len(d["known"]) + 1)
+        known = np.asarray(d["known"], dtype=np.int64)
+        rows[known] = (
+            np.asarray(d["rows"], np.int64) if "rows" in d else np.arange(1, len(known) + 1)
+        )
         return cls(rows)
 
 

@@ -85,3 +85,13 @@ def test_tower_encoders_round_trip() -> None:
     np.testing.assert_array_equal(
         back.creator_side.transform(frame).categorical, side.transform(frame).categorical
     )
+
+
+def test_id_rows_out_of_position_order_round_trip() -> None:
+    """A warm start (training/matching/warm_start.py) gives new IDs rows past the old
+    table, wherever their positions fall: the saved encoder must keep them."""
+    enc = IdEncoder(np.array([2, 0, 4, 1, 3]))
+    doc = json.loads(json.dumps(enc.to_dict()))
+    assert IdEncoder.from_dict(doc).rows.tolist() == [2, 0, 4, 1, 3]
+    plain = IdEncoder.fit(4, np.array([0, 2, 3]))
+    assert "rows" not in plain.to_dict()  # the usual case stays as compact as before

@@ -28,6 +28,7 @@ from models.artifacts import (
     model_digest,
     open_matching_run,
 )
+from models.matching.recommender import Recommender
 from training.lifecycle.promotion import PromotionRefused, _fine_tuned_gate
 from training.matching.fine_tune import FineTuneError, delta_start, install, new_period
 from training.matching.fine_tune import run as fine_tune
@@ -49,7 +50,7 @@ def _fitted(n_creators: int = 40, n_products: int = 30) -> tuple[TwoTowerTrainer
     return model, pairs
 
 
-def test_the_warm_start_keeps_known_rows_and_starts_new_ids_at_the_oov_row() -> None:
+def test_the_warm_start_keeps_known_rows_and_starts_new_ids_at_the_oov_row(tmp_path: Path) -> None:
     model, pairs = _fitted()
     old_creators, old_products = np.arange(40) * 10, np.arange(30) * 10  # the model's IDs
     # the new catalog: two new goods (IDs 5, 295) and one new creator (ID 7) between the old
@@ -75,6 +76,13 @@ def test_the_warm_start_keeps_known_rows_and_starts_new_ids_at_the_oov_row() -> 
         model.cfg, product_frame=frame.reset_index(drop=True), progress=False
     ).adopt(warm, sp.csr_matrix((len(creators), len(products))))
     np.testing.assert_allclose(adopted.product_vectors[at], model.product_vectors, atol=1e-5)
+    # and saved, it loads with the same rows (new rows sit past the old table, out of
+    # position order): the loaded model is the one that was trained
+    adopted.save(tmp_path / "model")
+    loaded = Recommender.load(tmp_path / "model")
+    for side in ("creator_ids", "product_ids"):
+        saved_rows = getattr(loaded.encoders, side).rows
+        np.testing.assert_array_equal(saved_rows, getattr(adopted.encoders, side).rows)
 
 
 def test_the_new_period_holds_out_its_latest_pairs_and_replays_older_ones() -> None:
