@@ -211,6 +211,8 @@ def test_a_warm_refit_carries_what_the_first_protocol_learnt() -> None:
     """`matching.refit_warm_epochs`: one epoch on from the protocol model finds the
     planted blocks about as well as the model it started from; one epoch from scratch
     does not."""
+    import mlflow
+
     from features.matching_data import IdIndex, Interactions
     from features.settings import load_settings
     from tests.models.test_two_tower import _blocks
@@ -238,6 +240,7 @@ def test_a_warm_refit_carries_what_the_first_protocol_learnt() -> None:
         update={"matching": cfg.matching.model_copy(update={"refit_warm_epochs": 1})}
     )
     warm = MatchingJob.from_interactions(warm_cfg, inter).refit(first)
+    assert not mlflow.active_run()  # a refit outside a job's run logs no curve of its own
     cold_cfg = cfg.model_copy(update={"matching": cfg.matching.model_copy(update={"epochs": 1})})
     cold = MatchingJob.from_interactions(cold_cfg, inter)
     cold.best_epoch = 1

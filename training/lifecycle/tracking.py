@@ -241,6 +241,11 @@ def numeric(values: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
     return out
 
 
+def active() -> bool:
+    """Whether an MLflow run is open in this process."""
+    return _mlflow().active_run() is not None
+
+
 def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
     _mlflow().log_metrics({metric_key(k): float(v) for k, v in metrics.items()}, step=step)
 

@@ -287,7 +287,11 @@ class MatchingJob:
 
 
 def _log_epoch(curve: str, record: dict[str, float]) -> None:
-    """One epoch of a learning curve as MLflow metrics (`random.loss`, step = epoch)."""
+    """One epoch of a learning curve as MLflow metrics (`random.loss`, step = epoch), into
+    the job's run; outside one (a fit called on its own) nothing is logged, since MLflow
+    would otherwise open a run of its own and leave it open."""
+    if not tracking.active():
+        return
     step = int(record["epoch"])
     tracking.log_metrics({f"{curve}.{k}": v for k, v in record.items() if k != "epoch"}, step)
 
