@@ -82,7 +82,9 @@ class HistoryBatch:
 class Tower(nn.Module):
     """IDs + side features -> unit-length embedding."""
 
-    def __init__(self, spec: TowerSpec, cfg: TwoTowerConfig) -> None:
+    def __init__(
+        self, spec: TowerSpec, cfg: TwoTowerConfig, shared_history: nn.Embedding | None = None
+    ) -> None:
         super().__init__()
         has_side = bool(spec.cardinalities) or spec.n_numeric > 0
         # one regulariser per tower: ID dropout where side features can carry a dropped ID,
@@ -98,11 +100,9 @@ class Tower(nn.Module):
         # the history table is dropped when a service only embeds newcomers (no history),
         # so the width is remembered apart from the module
         self.history_dim = cfg.id_dim if spec.history_rows else 0
-        self.history: nn.EmbeddingBag | nn.Embedding | None = (
-            nn.EmbeddingBag(spec.history_rows, cfg.id_dim, mode="sum", sparse=True)
-            if spec.history_rows
-            else None
-        )
+        self.history: nn.EmbeddingBag | nn.Embedding | None = None
+        if spec.history_rows and shared_history is None:
+            self.history = nn.EmbeddingBag(spec.history_rows, cfg.id_dim, mode="sum", sparse=True)
         width = (
             cfg.id_dim + self.history_dim + cfg.side_dim * len(spec.cardinalities) + spec.n_numeric
         )
@@ -117,6 +117,8 @@ class Tower(nn.Module):
             tables.append(self.history)
         for emb in tables:
             nn.init.normal_(emb.weight, std=0.1)
+        if spec.history_rows and shared_history is not None:
+            self.history = shared_history  # another tower's table: initialised there
 
     def forward(
         self,
@@ -165,11 +167,14 @@ class TwoTower(nn.Module):
     def __init__(self, cfg: TwoTowerConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.creator_tower = Tower(cfg.creator, cfg)
-        self.product_tower = Tower(cfg.product, cfg)
-        if cfg.tie_history and self.creator_tower.history is not None:
+        if cfg.tie_history and cfg.creator.history_rows:
             # one row per good, read as a target and as history (FISM-style item-item)
-            self.creator_tower.history = self.product_tower.ids
+            product = Tower(cfg.product, cfg)
+            self.creator_tower = Tower(cfg.creator, cfg, shared_history=product.ids)
+            self.product_tower = product
+        else:
+            self.creator_tower = Tower(cfg.creator, cfg)
+            self.product_tower = Tower(cfg.product, cfg)
         log_t = torch.tensor(float(cfg.temperature)).log()
         if cfg.learn_temperature:
             self.log_temperature = nn.Parameter(log_t)
