@@ -11,6 +11,8 @@ slot, a category-diversity slot, and whether a side is new (embedded from featur
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 
@@ -66,3 +68,19 @@ def creator_rows(run: RetrievalRun, positions: np.ndarray, k: int) -> pd.DataFra
             "reason": _why_creators(run.products.new[product_pos], run.creators.new[creator_pos]),
         }
     )
+
+
+ROWS_CHUNK = 4096  # queries whose rows are built at once: memory stays at chunk x k rows
+
+
+def rows_in_chunks(
+    rows: Callable[[RetrievalRun, np.ndarray, int], pd.DataFrame],
+    run: RetrievalRun,
+    positions: np.ndarray,
+    k: int,
+) -> pd.DataFrame:
+    """`goods_rows` or `creator_rows` of many queries, `ROWS_CHUNK` at a time."""
+    chunks = [
+        rows(run, positions[lo : lo + ROWS_CHUNK], k) for lo in range(0, len(positions), ROWS_CHUNK)
+    ]
+    return pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame()

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from models.retrieval.list_rows import creator_rows
+from models.retrieval.list_rows import creator_rows, rows_in_chunks
 from models.retrieval.run import RetrievalRun
 
 # creators asked per wanted slot: a few "hub" creators are the best match of many new goods
@@ -26,21 +26,16 @@ from models.retrieval.run import RetrievalRun
 # (370 eligible new goods): 4 candidates listed 82% of them, 64 listed all (+0.6 s)
 CANDIDATES_PER_SLOT = 64
 SLOT_REASON = "new good exposure slot; new product, embedded from its features"
-SCORE_CHUNK = 4096
 
 
 def candidates(run: RetrievalRun, goods: np.ndarray, wanted: int) -> pd.DataFrame:
     """(product_id, creator_id, score, rank) of each good's best creators, user IDs."""
     positions = run.products.ids.positions(goods)
     k = min(wanted * CANDIDATES_PER_SLOT, len(run.index("creators")))
-    chunks = [
-        creator_rows(run, positions[lo : lo + SCORE_CHUNK], k)
-        for lo in range(0, len(positions), SCORE_CHUNK)
-    ]
     columns = ["product_id", "creator_id", "score", "rank"]
-    if not chunks:
+    if not len(positions):
         return pd.DataFrame(columns=columns)
-    return pd.concat(chunks, ignore_index=True)[columns]
+    return rows_in_chunks(creator_rows, run, positions, k)[columns]
 
 
 def assign(options: pd.DataFrame, per_good: int, per_list: int) -> pd.DataFrame:

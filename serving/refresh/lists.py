@@ -30,7 +30,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from features.io import write_part
-from models.retrieval.list_rows import creator_rows, goods_rows
+from models.retrieval.list_rows import creator_rows, goods_rows, rows_in_chunks
 from models.retrieval.run import RetrievalRun
 from serving.refresh import exposure
 
@@ -243,11 +243,7 @@ def rewrite_product_lists(
     result.dropped = int(gone["product"].nunique())
     todo = np.setdiff1d(added_goods, held["product"].to_numpy())
     positions = run.products.ids.positions(todo)
-    chunks = [
-        creator_rows(run, positions[lo : lo + SCORE_CHUNK], min(k, len(run.index("creators"))))
-        for lo in range(0, len(positions), SCORE_CHUNK)
-    ]
-    fresh = pd.concat(chunks, ignore_index=True) if chunks else None
+    fresh = rows_in_chunks(creator_rows, run, positions, min(k, len(run.index("creators"))))
     result.reasons = {"new_good": len(todo), "left_candidate_set": result.dropped}
     result.queries = len(todo)
     _write(out, parts, "product_id", edits, fresh, result, stage_remove)
@@ -255,8 +251,4 @@ def rewrite_product_lists(
 
 
 def _goods(run: RetrievalRun, positions: np.ndarray, k: int) -> pd.DataFrame:
-    chunks = [
-        goods_rows(run, positions[lo : lo + SCORE_CHUNK], k)
-        for lo in range(0, len(positions), SCORE_CHUNK)
-    ]
-    return pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame()
+    return rows_in_chunks(goods_rows, run, positions, k)

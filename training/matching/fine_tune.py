@@ -64,7 +64,6 @@ from models.artifacts import (
     RUN_DIR_TAG,
     RUN_META,
     PipelineLayout,
-    masked,
     model_digest,
     open_matching_run,
 )
@@ -73,7 +72,7 @@ from training.evaluation.evaluate import evaluate as run_eval
 from training.evaluation.evaluate import make_task
 from training.lifecycle import tracking
 from training.lifecycle.promotion import CHAMPION_PREFIX, run_id_of
-from training.matching.job import INPUT_TABLES, REGISTERED_NAME, MatchingJob, save_model
+from training.matching.job import INPUT_TABLES, MatchingJob, register_model, save_model
 from training.matching.warm_start import WarmStart, carry
 
 log = logging.getLogger(__name__)
@@ -217,8 +216,6 @@ def run(
 ) -> dict[str, Any]:
     """Fine-tune DIR's matching model on the delta's period; returns the metrics, the run
     folder and the registered version."""
-    from training.lifecycle.model_logging import log_matching_model
-
     started = time.perf_counter()
     layout = PipelineLayout(Path(from_dir)).require()
     ft = cfg.refresh.fine_tune
@@ -257,15 +254,7 @@ def run(
             )
             tracking.log_metrics(metrics)
             tracking.log_artifact(staging / METRICS, artifact_path="run")
-            version = log_matching_model(staging / "model", REGISTERED_NAME if register else None)
-            meta = {
-                "run_id": mlrun.info.run_id,
-                "registered_model": REGISTERED_NAME if register else None,
-                "version": version,
-                "tracking_uri": masked(tracking.tracking_uri()),
-                "fine_tuned_from": base_run,
-            }
-            write_json(meta, staging / RUN_META)
+            version = register_model(staging, mlrun.info.run_id, register, fine_tuned_from=base_run)
     log.info("fine-tune: wrote %s", out)
     return {"run_dir": str(out), "version": version, "metrics": metrics}
 

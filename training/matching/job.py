@@ -365,6 +365,24 @@ def save_model(job: MatchingJob, model: TwoTowerTrainer, folder: Path) -> None:
     write_json(defaults, folder / SERVING_DEFAULTS)
 
 
+def register_model(staging: Path, run_id: str, register: bool, **meta: str | None) -> str | None:
+    """Log RUN_DIR/model with its pyfunc (registered as a challenger when `register`) and
+    record the run in RUN_DIR/run.json (plus `meta`); returns the registered version."""
+    from training.lifecycle.model_logging import log_matching_model
+
+    name = REGISTERED_NAME if register else None
+    version = log_matching_model(staging / MODEL_DIR, name)
+    record = {
+        "run_id": run_id,
+        "registered_model": name,
+        "version": version,
+        "tracking_uri": masked(tracking.tracking_uri()),
+        **meta,
+    }
+    write_json(record, staging / RUN_META)
+    return version
+
+
 def run(
     cfg: Settings,
     data_dir: Path,
@@ -380,7 +398,6 @@ def run(
     The input tables are validated first (`validate=False`: the caller just did), so
     duplicate keys, interactions naming unknown creators or goods, +-inf or negative
     prices fail before a run folder or an MLflow run is made."""
-    from training.lifecycle.model_logging import log_matching_model
     from training.matching.plots import plot_recall_curves
 
     if validate:
@@ -449,16 +466,7 @@ def run(
                     tracking.log_artifacts(item, artifact_path=f"run/{item.name}")
                 elif item.is_file():
                     tracking.log_artifact(item, artifact_path="run")
-            version = log_matching_model(staging / "model", REGISTERED_NAME if register else None)
-            write_json(
-                {
-                    "run_id": mlrun.info.run_id,
-                    "registered_model": REGISTERED_NAME if register else None,
-                    "version": version,
-                    "tracking_uri": masked(tracking.tracking_uri()),
-                },
-                staging / RUN_META,
-            )
+            register_model(staging, mlrun.info.run_id, register)
     log.info(
         "train-matching: %s",
         {k: round(v, 4) for k, v in metrics.items() if k.endswith("recall@50")},

@@ -204,9 +204,7 @@ class TwoTowerTrainer(TwoTowerRecommender):
         assert self.creator_frame is not None and self.product_frame is not None
         self.encoders, self.model = enc, model = warm.encoders, warm.model
         history = (
-            CreatorHistory(
-                history_pairs, enc.product_ids.rows, cfg.history_max_items, rng, cfg.history_pooling
-            )
+            self._creator_history(history_pairs, rng)
             if cfg.creator_history and model.creator_tower.history is not None
             else None
         )
@@ -232,17 +230,17 @@ class TwoTowerTrainer(TwoTowerRecommender):
         """Embed every creator and good again, each creator's history read from `pairs`
         (after a fit that held some pairs out of the histories, for evaluation)."""
         creators_in, products_in = self._inputs
-        cfg = self.cfg
         if creators_in.history is not None:
-            assert self.encoders is not None
-            creators_in.history = CreatorHistory(
-                pairs,
-                self.encoders.product_ids.rows,
-                cfg.history_max_items,
-                np.random.default_rng(cfg.seed),
-                cfg.history_pooling,
-            )
+            creators_in.history = self._creator_history(pairs, np.random.default_rng(self.cfg.seed))
         self._embed_all(creators_in, products_in)
+
+    def _creator_history(self, pairs: sp.csr_matrix, rng: np.random.Generator) -> CreatorHistory:
+        """Each creator's goods in `pairs`, as the creator tower reads them."""
+        cfg = self.cfg
+        assert self.encoders is not None
+        return CreatorHistory(
+            pairs, self.encoders.product_ids.rows, cfg.history_max_items, rng, cfg.history_pooling
+        )
 
     def _encoders(self, creator: np.ndarray, product: np.ndarray) -> TowerEncoders:
         """Encoders fitted on the training pairs' creators and goods."""
