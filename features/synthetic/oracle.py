@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from features.synthetic import truth as files
 
@@ -136,20 +137,20 @@ class Oracle:
     def scores_by_leaf(self, creator_ids: np.ndarray) -> np.ndarray:
         """(len(creator_ids), n_products) float32 log true propensity, columns in
         `leaf_order`: each leaf is a contiguous block, so its normaliser Z(c, leaf) is a
-        log-sum-exp over a slice (one pass per leaf over cache-sized blocks, no gathers)."""
+        log-sum-exp over a slice (one pass per leaf over cache-sized blocks, no gathers;
+        torch's kernels use the process's threads, numpy's exp one: 2.7x on 2 cores)."""
         rows = self._rows(creator_ids)
         # log(popularity * exp(a)) for every (creator, product)
-        weight = self._taste[rows] @ self._latent.T  # (B, N)
-        weight *= self._alpha
-        weight += self._base
-        weight += self._price_fit[self._creator_band[rows]]
-        leaf_term = self.log_leaf_probability(rows)[:, self._leaf_ids]  # (B, leaves)
-        for i, (start, size) in enumerate(zip(self._starts, self._sizes, strict=True)):
+        weight = torch.from_numpy(self._taste[rows]) @ torch.from_numpy(self._latent).T  # (B, N)
+        weight.mul_(float(self._alpha))
+        weight.add_(torch.from_numpy(self._base))
+        weight.add_(torch.from_numpy(self._price_fit[self._creator_band[rows]]))
+        leaf_term = torch.from_numpy(self.log_leaf_probability(rows)[:, self._leaf_ids])
+        blocks = zip(self._starts.tolist(), self._sizes.tolist(), strict=True)
+        for i, (start, size) in enumerate(blocks):
             block = weight[:, start : start + size]
-            peak = block.max(axis=1, keepdims=True)
-            log_z = peak + np.log(np.exp(block - peak).sum(axis=1, keepdims=True))
-            block += leaf_term[:, i : i + 1] - log_z
-        return weight
+            block.sub_(torch.logsumexp(block, dim=1, keepdim=True) - leaf_term[:, i : i + 1])
+        return weight.numpy()
 
     def scores(self, creator_ids: np.ndarray) -> np.ndarray:
         """(len(creator_ids), n_products) float32: log true propensity, products table order.

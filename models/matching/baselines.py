@@ -14,7 +14,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from models.matching.recommender import Recommender, RecommenderError
+from models.matching.recommender import Recommender, RecommenderError, dot_columns
 
 PRIOR = 1e-6  # weight of the popularity tie-breaker in history-based scores
 
@@ -38,8 +38,16 @@ class PopularityRecommender(Recommender):
         return self
 
     def score(self, creators: np.ndarray) -> np.ndarray:
+        return self.score_columns(creators)[0]
+
+    def score_columns(
+        self, creators: np.ndarray, columns: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         self._check_fitted()
-        return np.broadcast_to(self.popularity, (len(creators), self.n_products))
+        assert self.popularity is not None
+        columns = np.arange(self.n_products) if columns is None else np.asarray(columns, np.int64)
+        row = self.popularity[columns]
+        return np.broadcast_to(row, (len(creators), len(row))), columns
 
     def _save(self, path: Path) -> dict[str, Any]:
         np.save(path / "popularity.npy", self.popularity)
@@ -99,9 +107,14 @@ class ALSRecommender(Recommender):
         return self
 
     def score(self, creators: np.ndarray) -> np.ndarray:
+        return self.score_columns(creators)[0]
+
+    def score_columns(
+        self, creators: np.ndarray, columns: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         self._check_fitted()
-        u = torch.from_numpy(self.creator_factors[creators])
-        return (u @ torch.from_numpy(self.product_factors).T).numpy()
+        assert self.creator_factors is not None and self.product_factors is not None
+        return dot_columns(self.creator_factors[creators], self.product_factors, columns)
 
     def _save(self, path: Path) -> dict[str, Any]:
         np.save(path / "creator_factors.npy", self.creator_factors)
@@ -130,13 +143,22 @@ class _HistoryRecommender(Recommender):
         self.n_products = train.shape[1]
         return self.history
 
-    def _item_scores(self, rows: sp.csr_matrix) -> np.ndarray:
+    def _item_scores(self, rows: sp.csr_matrix, columns: np.ndarray | None) -> np.ndarray:
+        """(rows, goods) float32 history scores of the goods at `columns` (None: all)."""
         raise NotImplementedError
 
     def score(self, creators: np.ndarray) -> np.ndarray:
+        return self.score_columns(creators)[0]
+
+    def score_columns(
+        self, creators: np.ndarray, columns: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         self._check_fitted()
-        rows = self.history[creators]
-        return self._item_scores(rows) + PRIOR * self.popularity[None, :]
+        assert self.history is not None and self.popularity is not None
+        scores = self._item_scores(self.history[creators], columns)
+        columns = np.arange(self.n_products) if columns is None else np.asarray(columns, np.int64)
+        scores += PRIOR * self.popularity[columns][None, :]
+        return scores, columns
 
     def _save_history(self, path: Path) -> None:
         sp.save_npz(path / "history.npz", self.history)
@@ -173,8 +195,10 @@ class EASERecommender(_HistoryRecommender):
         self.weights = weights.to(torch.float32).numpy()
         return self
 
-    def _item_scores(self, rows: sp.csr_matrix) -> np.ndarray:
-        return np.asarray(rows @ self.weights, dtype=np.float32)
+    def _item_scores(self, rows: sp.csr_matrix, columns: np.ndarray | None) -> np.ndarray:
+        assert self.weights is not None
+        weights = self.weights if columns is None else self.weights[:, columns]
+        return np.asarray(rows @ weights, dtype=np.float32)
 
     def _save(self, path: Path) -> dict[str, Any]:
         self._save_history(path)
@@ -208,8 +232,12 @@ class ItemKNNRecommender(_HistoryRecommender):
         self.similarity = knn.similarity.tocsr().astype(np.float32)
         return self
 
-    def _item_scores(self, rows: sp.csr_matrix) -> np.ndarray:
-        return (rows @ self.similarity).toarray().astype(np.float32)
+    def _item_scores(self, rows: sp.csr_matrix, columns: np.ndarray | None) -> np.ndarray:
+        assert self.similarity is not None
+        scores = (rows @ self.similarity).tocsr()  # sparse: slicing it is cheap
+        if columns is not None:
+            scores = scores[:, columns]
+        return np.asarray(scores.toarray(), dtype=np.float32)
 
     def _save(self, path: Path) -> dict[str, Any]:
         self._save_history(path)

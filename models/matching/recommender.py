@@ -49,6 +49,19 @@ class Recommender(ABC):
         """(len(creators), n_products) float32 scores; higher is better. A fresh array
         (or a read-only view): `recommend` masks it in place."""
 
+    def score_columns(
+        self, creators: np.ndarray, columns: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Scores of `creators` against the goods at positions `columns` (None: every
+        good), and the product position of each returned column (-1: a column that holds
+        no good of ours, scored -inf). Models that can score a subset directly override
+        it (factor models: a smaller product; the oracle: its own column order), so
+        ranking a slice costs the slice, not the catalog."""
+        scores = self.score(creators)
+        if columns is None:
+            return scores, np.arange(self.n_products)
+        return scores[:, columns], np.asarray(columns, dtype=np.int64)
+
     def recommend(
         self,
         creators: np.ndarray,
@@ -67,35 +80,35 @@ class Recommender(ABC):
             raise RecommenderError(
                 f"exclude has {exclude.shape[0]} rows for {len(creators)} creators"
             )
-        raw = np.ascontiguousarray(self.score(creators), dtype=np.float32)
+        if candidates is not None:
+            candidates = np.asarray(candidates, dtype=np.int64)
+        raw, positions = self.score_columns(creators, candidates)
+        raw = np.ascontiguousarray(raw, dtype=np.float32)
         if not raw.flags.writeable:  # masking writes into the scores, never into the model
             raw = raw.copy()
-        scores = torch.from_numpy(raw)
-        if scores.shape != (len(creators), self.n_products):
+        if raw.shape != (len(creators), len(positions)):
             raise RecommenderError(
-                f"score() returned {tuple(scores.shape)}, "
-                f"expected {(len(creators), self.n_products)}"
+                f"scores are {raw.shape}, expected {(len(creators), len(positions))}"
             )
+        scores = torch.from_numpy(raw)
         if exclude is not None and exclude.nnz:
             coo = exclude.tocoo()
+            column = np.full(self.n_products, -1, dtype=np.int64)  # position -> score column
+            held = positions >= 0
+            column[positions[held]] = np.flatnonzero(held)
+            col = column[coo.col]
+            keep = col >= 0
             scores[
-                torch.from_numpy(coo.row.astype(np.int64)),
-                torch.from_numpy(coo.col.astype(np.int64)),
+                torch.from_numpy(coo.row[keep].astype(np.int64)), torch.from_numpy(col[keep])
             ] = -np.inf
-        columns = None
-        if candidates is not None:
-            columns = torch.from_numpy(np.asarray(candidates, dtype=np.int64))
-            scores = scores[:, columns]
         k_eff = min(k, scores.shape[1])
         top, idx = torch.topk(scores, k_eff, dim=1)  # (n, k)
-        if columns is not None:
-            idx = columns[idx]
-        positions, values = idx.numpy(), top.numpy()
+        values, found = top.numpy(), np.maximum(positions[idx.numpy()], 0)
         if k_eff < k:  # a catalog smaller than k: pad
             pad = k - k_eff
-            positions = np.pad(positions, ((0, 0), (0, pad)), constant_values=0)
+            found = np.pad(found, ((0, 0), (0, pad)), constant_values=0)
             values = np.pad(values, ((0, 0), (0, pad)), constant_values=-np.inf)
-        return positions, values
+        return found, values
 
     # --- persistence -------------------------------------------------------------------
 
@@ -161,11 +174,14 @@ class EmbeddingRecommender(Recommender):
         )
 
     def score(self, creators: np.ndarray) -> np.ndarray:
+        return self.score_columns(creators)[0]
+
+    def score_columns(
+        self, creators: np.ndarray, columns: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         self._check_fitted()
         assert self.creator_vectors is not None and self.product_vectors is not None
-        u = torch.from_numpy(np.ascontiguousarray(self.creator_vectors[creators], dtype=np.float32))
-        v = torch.from_numpy(np.ascontiguousarray(self.product_vectors, dtype=np.float32))
-        return (u @ v.T).numpy()  # (n, n_products)
+        return dot_columns(self.creator_vectors[creators], self.product_vectors, columns)
 
     def _save(self, path: Path) -> dict[str, Any]:
         np.save(path / "creator_embeddings.npy", self.creator_vectors)
@@ -178,3 +194,16 @@ class EmbeddingRecommender(Recommender):
             np.load(path / "creator_embeddings.npy", mmap_mode="r"),
             np.load(path / "product_embeddings.npy"),
         )
+
+
+def dot_columns(
+    creator_vectors: np.ndarray, product_vectors: np.ndarray, columns: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """`score_columns` of a factor model: creator vectors . the chosen goods' vectors."""
+    if columns is None:
+        columns = np.arange(len(product_vectors))
+    else:
+        product_vectors = product_vectors[columns]
+    u = torch.from_numpy(np.ascontiguousarray(creator_vectors, dtype=np.float32))
+    v = torch.from_numpy(np.ascontiguousarray(product_vectors, dtype=np.float32))
+    return (u @ v.T).numpy(), np.asarray(columns, dtype=np.int64)

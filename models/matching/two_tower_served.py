@@ -151,6 +151,11 @@ class TwoTowerRecommender(Recommender):
     def score(self, creators: np.ndarray) -> np.ndarray:
         return self.export().score(creators)
 
+    def score_columns(
+        self, creators: np.ndarray, columns: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        return self.export().score_columns(creators, columns)
+
     # --- persistence -------------------------------------------------------------------
 
     def _save(self, path: Path) -> dict[str, Any]:

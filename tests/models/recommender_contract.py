@@ -66,6 +66,19 @@ class RecommenderContract:
         positions, scores = model.recommend(np.arange(5), 3, candidates=allowed)
         assert np.isin(positions, allowed).all()
 
+    def test_score_columns_agree_with_score(self, fitted) -> None:
+        model, _ = fitted
+        creators = np.array([0, 5, 7])
+        full = np.asarray(model.score(creators), dtype=np.float32)
+        columns = np.array([30, 3, 11, 8])
+        scores, positions = model.score_columns(creators, columns)
+        assert positions.tolist() == columns.tolist()
+        np.testing.assert_allclose(scores, full[:, columns], rtol=1e-5, atol=1e-6)
+        every, positions = model.score_columns(creators)
+        assert sorted(positions[positions >= 0].tolist()) == list(range(N_PRODUCTS))
+        held = positions >= 0
+        np.testing.assert_allclose(every[:, held], full[:, positions[held]], rtol=1e-5, atol=1e-6)
+
     def test_k_larger_than_catalog_pads(self, fitted) -> None:
         model, _ = fitted
         positions, scores = model.recommend(np.array([1]), N_PRODUCTS + 5)

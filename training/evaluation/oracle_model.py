@@ -37,6 +37,8 @@ class OracleRecommender(Recommender):
         # for each of our positions, the oracle column holding it (-1: not in the truth)
         self.source = np.full(len(products), -1, dtype=np.int64)
         self.source[columns[columns >= 0]] = np.flatnonzero(columns >= 0)
+        # for each oracle column, our position (-1: a truth good outside our catalog)
+        self.position = columns
         self.n_products = len(products)
 
     @staticmethod
@@ -51,10 +53,24 @@ class OracleRecommender(Recommender):
         return self  # the truth needs no fitting
 
     def score(self, creators: np.ndarray) -> np.ndarray:
+        return self.score_columns(creators, np.arange(self.n_products))[0]
+
+    def score_columns(
+        self, creators: np.ndarray, columns: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Every good: the truth's own (leaf) column order, with each column's position,
+        so a full ranking gathers no (batch x catalog) matrix into our order."""
         raw = self.oracle.scores_by_leaf(self.creators.ids[creators])
-        out = take_columns(raw, np.maximum(self.source, 0))
-        out[:, self.source < 0] = -np.inf
-        return out
+        if columns is None:
+            outside = self.position < 0
+            if outside.any():
+                raw[:, outside] = -np.inf
+            return raw, self.position
+        columns = np.asarray(columns, dtype=np.int64)
+        source = self.source[columns]
+        out = take_columns(raw, np.maximum(source, 0))
+        out[:, source < 0] = -np.inf
+        return out, columns
 
     def _save(self, path: Path) -> dict[str, Any]:
         np.save(path / CREATOR_IDS, self.creators.ids)
