@@ -26,6 +26,8 @@ from features.version import haowu_version
 from models.artifacts import RUN_META
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from serving.refresh.simulation import Arm
 
 app = typer.Typer(
@@ -562,9 +564,8 @@ def _echo_refresh(manifest: dict[str, Any]) -> None:
 def _fine_tune(cfg: Settings, from_: Path, delta: Path, promote: bool) -> None:
     """Fine-tune DIR's model on the delta; with `promote`, the gate, and if it passes the
     fine-tuned model installed as DIR's and every list rewritten with it."""
-    from models.artifacts import MATCHING_MODEL, PipelineLayout
+    from models.artifacts import MATCHING_MODEL
     from training.lifecycle.promotion import promote_run_dir
-    from training.matching.fine_tune import install
     from training.matching.fine_tune import run as run_fine_tune
 
     result = run_fine_tune(cfg, from_, delta)
@@ -581,17 +582,40 @@ def _fine_tune(cfg: Settings, from_: Path, delta: Path, promote: bool) -> None:
     if verdict["status"] != "champion":
         typer.echo(f"not promoted: {verdict['reason']}; DIR keeps its model and lists")
         return
-    replaced = install(PipelineLayout(from_), Path(result["run_dir"]))
+    replaced, lists = _install(cfg, from_, Path(result["run_dir"]), delta)
     typer.echo(f"v{verdict['version']} is champion; DIR/matching replaced ({replaced} kept)")
-    for direction, manifest in _rewrite_lists(cfg, from_).items():
+    for direction, manifest in lists.items():
+        slots = manifest.get("exposure", {}).get("slotted", 0)
         typer.echo(
             f"{direction} lists rewritten: {manifest['rows']:,} rows in {manifest['seconds']}s"
+            + (f"; {slots} new goods in exposure slots" if slots else "")
         )
 
 
-def _rewrite_lists(cfg: Settings, folder: Path) -> dict[str, dict[str, Any]]:
+def _install(
+    cfg: Settings, folder: Path, run_dir: Path, delta: Path
+) -> tuple[Path, dict[str, dict[str, Any]]]:
+    """A promoted fine-tuned run made DIR's model and every list rewritten by it, the
+    delta's new goods keeping the exposure slots the refresh gave them."""
+    import numpy as np
+
+    from models.artifacts import PRODUCT_IDS, PipelineLayout, matching_model_folder
+    from serving.refresh.delta import new_products
+    from training.matching.fine_tune import install
+
+    layout = PipelineLayout(folder)
+    known = np.load(matching_model_folder(layout.matching) / PRODUCT_IDS)
+    fresh = new_products(delta, known)
+    replaced = install(layout, run_dir)
+    return replaced, _rewrite_lists(cfg, folder, fresh)
+
+
+def _rewrite_lists(
+    cfg: Settings, folder: Path, expose: np.ndarray | None = None
+) -> dict[str, dict[str, Any]]:
     """Every lists folder of pipeline folder `folder` written again by its (new) model,
-    with the list length it had."""
+    with the list length it had; `expose`: goods given exposure slots if no list holds
+    them."""
     import json
 
     from models.artifacts import SUCCESS, PipelineLayout, job_inputs
@@ -605,7 +629,9 @@ def _rewrite_lists(cfg: Settings, folder: Path) -> dict[str, dict[str, Any]]:
             continue
         k = int(json.loads((target / SUCCESS).read_text())["k"])
         request = ListsRequest(inputs.data, inputs.model, inputs.tiers, k, direction)
-        out[direction] = run_recommend(cfg, request, target, overwrite=True, progress=False)
+        out[direction] = run_recommend(
+            cfg, request, target, overwrite=True, progress=False, expose=expose
+        )
     return out
 
 
@@ -1091,7 +1117,7 @@ def _bench_arms(cfg: Settings) -> dict[str, Arm]:
     from serving.refresh.merge import merge_delta
     from serving.refresh.simulation import Advance, Arm, unchanged
     from training.lifecycle.promotion import fine_tuned_rows
-    from training.matching.fine_tune import FineTuneError, install
+    from training.matching.fine_tune import FineTuneError
     from training.matching.fine_tune import run as run_fine_tune
 
     def timed(step: Callable[[Path], Any]) -> Advance:
@@ -1123,8 +1149,7 @@ def _bench_arms(cfg: Settings) -> dict[str, Arm]:
                 return
             rows = fine_tuned_rows(result["metrics"], cfg.registry, MATCHING_MODEL)
             if all(row.passed for row in rows):  # the gate, without a registry
-                install(PipelineLayout(folder), Path(result["run_dir"]))
-                _rewrite_lists(cfg, folder)
+                _install(cfg, folder, Path(result["run_dir"]), delta)
 
         return timed(step)
 

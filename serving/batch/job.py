@@ -20,6 +20,7 @@ slot, a category-diversity slot, and whether a side is new (embedded from featur
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import time
@@ -40,6 +41,7 @@ from models.artifacts import (
     tiers_digest,
 )
 from models.retrieval.list_rows import creator_rows, goods_rows
+from serving.batch.exposure_pass import give_slots
 from serving.batch.shards import write_shards
 
 log = logging.getLogger(__name__)
@@ -143,6 +145,19 @@ def make_shard_fn(
     return ShardFn(request, cfg, content)
 
 
+def ids_digest(ids: np.ndarray) -> str:
+    """sha256 of a sorted int64 ID set: part of a job's identity, not its listing."""
+    return hashlib.sha256(np.ascontiguousarray(ids, np.int64).tobytes()).hexdigest()
+
+
+def _exposure(
+    run: Any, goods: np.ndarray, k: int, slots: tuple[int, int], out: Path
+) -> dict[str, Any]:
+    counts = give_slots(run, out, goods, k, *slots)
+    log.info("exposure slots: %s", counts)
+    return {"exposure": counts}
+
+
 def content_digests(request: ListsRequest) -> dict[str, str | None]:
     """What the lists are computed from, by content: the model (its folder, or the
     version a registry URI names now), the data tables and the tiers."""
@@ -165,12 +180,16 @@ def run(
     engine: str | None = None,
     workers: int | None = None,
     shard_size: int | None = None,
+    expose: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Write top-k lists for every creator (or product); returns the `_SUCCESS` manifest.
 
     A rerun of the same job resumes (finished parts are kept); `overwrite` starts over.
     The same job means the same model content (`model_digest`), data and tiers content,
     k, direction, policy and index: anything else is refused unless `overwrite`.
+    `expose` (creator lists): new goods (internal IDs) that no list holds get exposure
+    slots (serving/batch/exposure_pass.py, `refresh.new_good_creators`), e.g. the day's
+    new goods when a fine-tuned model rewrites every list.
     """
     started = time.perf_counter()
     k, direction = request.k, request.direction
@@ -203,6 +222,12 @@ def run(
         "policy": cfg.policy.model_dump(mode="json") if direction == "creator" else None,
         **retrieval.describe(),
     }
+    finish = None
+    slots = cfg.refresh.new_good_creators, cfg.refresh.new_good_slots_per_list
+    if expose is not None and len(expose) and direction == "creator" and slots[0]:
+        goods = np.unique(np.asarray(expose, np.int64))
+        manifest["exposure_goods"] = {"count": len(goods), "digest": ids_digest(goods)}
+        finish = functools.partial(_exposure, retrieval, goods, k, slots)
     n_queries = shard.n_queries
     if engine != "local" or workers > 1:
         _RUNS.clear()  # the workers load their own; the driver need not hold a copy
@@ -218,6 +243,7 @@ def run(
         progress=progress,
         cores=cfg.batch.cores or None,
         desc=f"recommend {direction}",
+        finish=finish,
     )
     log.info("recommend %s: %s rows in %.1fs", direction, result.get("rows"),
              time.perf_counter() - started)  # fmt: skip

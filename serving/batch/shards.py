@@ -30,7 +30,7 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from datetime import UTC, datetime
@@ -253,6 +253,7 @@ def write_shards(
     progress: bool = True,
     cores: int | None = None,
     desc: str | None = None,
+    finish: Callable[[Path], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Run `make_shard_fn()` over queries 0..n_queries-1 into OUT's parts; resumable.
 
@@ -262,6 +263,9 @@ def write_shards(
     `cores` (default: this machine's; on Ray the cluster's) are split among `workers`:
     FAISS, torch and BLAS get `cores // workers` threads each. Returns the manifest
     written to OUT/_SUCCESS (identity, counts, seconds, peak RSS, CPU utilisation).
+    `finish(OUT)`, when given, runs once every part is written, under the same lock and
+    before `_SUCCESS`: a last pass over the parts (it must be safe to run again after a
+    crash); what it returns goes into the manifest.
     """
     if n_queries < 0 or shard_size < 1 or workers < 1:
         raise HaowuError(
@@ -276,7 +280,7 @@ def write_shards(
     with output_lock(out, desc or "batch job"):  # one run per folder, held to the end
         return _write_shards(
             n_queries, make_shard_fn, out, shard_size, manifest, force, engine, workers,
-            progress, cores, desc,
+            progress, cores, desc, finish,
         )  # fmt: skip
 
 
@@ -292,6 +296,7 @@ def _write_shards(
     progress: bool,
     cores: int | None,
     desc: str | None,
+    finish: Callable[[Path], dict[str, Any]] | None,
 ) -> dict[str, Any]:
     """`write_shards` once OUT's lock is held."""
     started, started_at = time.perf_counter(), _now()
@@ -339,6 +344,7 @@ def _write_shards(
     missing = [part for part, _, _ in plan if not part_path(out, part).is_file()]
     if missing:  # an engine returned without writing every part: never claim success
         raise HaowuError(f"{len(missing)} part(s) missing after the run, e.g. {missing[:5]}; rerun")
+    finished_with = finish(out) if finish is not None else {}
     seconds = time.perf_counter() - started
     computed = sum(stop - start for _, start, stop in todo)
     result = {
@@ -354,6 +360,7 @@ def _write_shards(
         "seconds": round(seconds, 2),
         "queries_per_s": round(computed / seconds, 1) if computed else 0.0,
         **monitor.summary(),
+        **finished_with,
         "started_at": started_at,
         "finished_at": _now(),
     }

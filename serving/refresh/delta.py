@@ -169,3 +169,11 @@ def read_delta(delta_dir: Path, data_dir: Path) -> Delta:
             _check_fresh(frame, data_dir, path)
     files = [(f"{n}/{p.name}", p) for n in names for p in table_files(delta_dir, n)]
     return Delta(delta_dir, tables, files_digest(files))
+
+
+def new_products(delta_dir: Path, known: np.ndarray) -> np.ndarray:
+    """The delta's products that `known` (a model's product IDs) lacks: its new goods."""
+    if not has_table(Path(delta_dir), "products"):
+        return np.empty(0, np.int64)
+    ids = read_table(Path(delta_dir), "products", columns=["product_id"])["product_id"]
+    return np.setdiff1d(ids.to_numpy(np.int64), np.asarray(known, np.int64))

@@ -183,6 +183,8 @@ def _refresh(
             # the goods this delta took out (a good L0 before keeps its invitation list)
             np.intersect1d(goods.removed, retiered.product_ids),
             remove,
+            creators.added,
+            creators.removed,
         )
     t = lap("lists", t)
 

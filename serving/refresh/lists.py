@@ -11,12 +11,18 @@ Creator lists (goods per creator) are recomputed, with the batch job's own row f
   whose tier moved: the list's tier, boost and share slots depend on it);
 - `new_creator`: creators with no list yet (new creators, embedded from their features);
 - `new_good_slot`: creators whose list gives a last place to a new good no other list
-  took (exposure.py), so that every new good is in some list the day it is listed.
+  took (models/retrieval/exposure.py), so every new good is in some list the day it is
+  listed.
 
-Product lists (creators per good) are written for the goods added to the index, and the
-lists of goods that left it are dropped. A part file none of whose queries changed is
-not rewritten, so other lists stay byte for byte what they were; a rewritten part keeps
-the other queries' rows as read, in their order, and new queries go to a new part.
+Product lists (creators per good) are written for the goods added to the index, and
+written again where a creator added to the creators index (new, or re-embedded from its
+new history) scores above the list's lowest score (`creator_enters`) or where the list
+holds a re-embedded creator (`held_moved_creator`); the lists of goods that left the
+index are dropped.
+
+A part file none of whose queries changed is not rewritten, so other lists stay byte for
+byte what they were; a rewritten part keeps the other queries' rows as read, in their
+order, and new queries go to a new part.
 """
 
 from __future__ import annotations
@@ -30,9 +36,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from features.io import write_part
+from models.retrieval import exposure
 from models.retrieval.list_rows import creator_rows, goods_rows, rows_in_chunks
-from models.retrieval.run import RetrievalRun
-from serving.refresh import exposure
+from models.retrieval.run import RetrievalRun, Side
 
 PART_GLOB = "part-*.parquet"
 SCORE_CHUNK = 4096  # creators scored against the added goods at a time
@@ -78,19 +84,22 @@ def _read(folder: Path, columns: list[str]) -> tuple[list[Path], pd.DataFrame]:
 
 
 def _entering(
-    run: RetrievalRun, creators: np.ndarray, lowest: np.ndarray, added: np.ndarray
+    vectors: np.ndarray, queries: np.ndarray, lowest: np.ndarray, items: np.ndarray
 ) -> np.ndarray:
-    """(n,) bool: an added good scores above the creator's lowest listed score."""
-    out = np.zeros(len(creators), bool)
-    if not len(added) or not len(creators):
+    """(n,) bool: one of `items` (vectors) scores above the lowest listed score of the
+    query at `queries` (positions into `vectors`)."""
+    out = np.zeros(len(queries), bool)
+    if not len(items) or not len(queries):
         return out
-    goods = np.asarray(run.products.vectors[run.products.ids.positions(added)], np.float32)
-    for lo in range(0, len(creators), SCORE_CHUNK):
-        pos = creators[lo : lo + SCORE_CHUNK]
-        vectors = np.asarray(run.creators.vectors[pos], np.float32)  # (b, d)
-        best = (vectors @ goods.T).max(axis=1)  # (b,)
-        out[lo : lo + SCORE_CHUNK] = best > lowest[lo : lo + SCORE_CHUNK]
+    items = np.asarray(items, np.float32)
+    for lo in range(0, len(queries), SCORE_CHUNK):
+        chunk = np.asarray(vectors[queries[lo : lo + SCORE_CHUNK]], np.float32)  # (b, d)
+        out[lo : lo + SCORE_CHUNK] = (chunk @ items.T).max(axis=1) > lowest[lo : lo + SCORE_CHUNK]
     return out
+
+
+def _vectors(side: Side, ids: np.ndarray) -> np.ndarray:
+    return side.vectors[side.ids.positions(np.asarray(ids, np.int64))]
 
 
 def _write(
@@ -144,7 +153,7 @@ def rewrite_creator_lists(
 ) -> Rewrite:
     """Recompute the creator lists whose inputs changed (module doc) into `out`;
     `exposure_slots` = (creators per new good, slots per list) gives each new good no
-    rewritten list took its exposure slots (exposure.py)."""
+    rewritten list took its exposure slots (models/retrieval/exposure.py)."""
     result = Rewrite("creator")
     parts, held = _read(folder, ["creator_id", "product_id", "score"])
     held["creator"] = _internal(run, "creator", held["creator_id"].to_numpy())
@@ -162,7 +171,10 @@ def rewrite_creator_lists(
         "held_removed_good": np.isin(creators, holding),
     }
     reasons["new_good_enters"][known] = _entering(
-        run, pos[known], per["lowest"].to_numpy()[known], added_goods
+        run.creators.vectors,
+        pos[known],
+        per["lowest"].to_numpy()[known],
+        _vectors(run.products, added_goods),
     )
     affected = known & np.logical_or.reduce(list(reasons.values()))
     listed = run.creators.queries
@@ -195,9 +207,9 @@ def _expose(
     k: int,
     slots: tuple[int, int],
 ) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
-    """The new goods no rewritten list took, each given its exposure slots (exposure.py);
-    returns the rewritten and new creators' rows with their slots, and the creators
-    (user IDs) whose unchanged lists now take one."""
+    """The new goods no rewritten list took, each given its exposure slots
+    (models/retrieval/exposure.py); returns the rewritten and new creators' rows with
+    their slots, and the creators (user IDs) whose unchanged lists now take one."""
     listed = np.concatenate(
         [frame["product_id"].to_numpy(np.int64) for frame in (rows, fresh) if len(frame)]
         or [np.empty(0, np.int64)]
@@ -230,22 +242,53 @@ def rewrite_product_lists(
     added_goods: np.ndarray,
     removed_goods: np.ndarray,
     stage_remove: Callable[[Path], None],
+    added_creators: np.ndarray | None = None,
+    moved_creators: np.ndarray | None = None,
 ) -> Rewrite:
-    """Lists for the goods added to the index; the lists of goods that left it dropped."""
+    """Lists for the goods added to the index; the lists of goods that left it dropped;
+    written again, the lists a creator added to the creators index (new, or re-embedded
+    from a new history) scores above their lowest score, and those holding a creator
+    that was re-embedded (its score moved)."""
     result = Rewrite("product")
-    parts, held = _read(folder, ["product_id"])
+    parts, held = _read(folder, ["product_id", "creator_id", "score"])
     held["product"] = _internal(run, "product", held["product_id"].to_numpy())
-    gone = held[held["product"].isin(removed_goods)]
-    edits = {
-        int(part): (set(group["product_id"].tolist()), None)
-        for part, group in gone.groupby("_part")
+    per = held.groupby("product", sort=True).agg(
+        lowest=("score", "min"), part=("_part", "first"), external=("product_id", "first")
+    )
+    products = per.index.to_numpy(np.int64)
+    gone = np.isin(products, removed_goods)
+    pos = run.products.ids.positions(products, strict=False)
+    live = (pos >= 0) & ~gone
+    k = min(k, len(run.index("creators")))
+    reasons = {"creator_enters": np.zeros(len(products), bool)}
+    if added_creators is not None and len(added_creators):
+        reasons["creator_enters"][live] = _entering(
+            run.products.vectors,
+            pos[live],
+            per["lowest"].to_numpy()[live],
+            _vectors(run.creators, added_creators),
+        )
+    moved = np.empty(0, np.int64) if moved_creators is None else moved_creators
+    holders = held.loc[
+        np.isin(_internal(run, "creator", held["creator_id"].to_numpy()), moved), "product"
+    ]
+    reasons["held_moved_creator"] = np.isin(products, holders.unique()) & live
+    again = np.logical_or.reduce(list(reasons.values()))
+    rows = rows_in_chunks(creator_rows, run, pos[again], k)
+    edits: dict[int, tuple[set, pd.DataFrame | None]] = {}
+    for part, group in per[gone | again].groupby("part"):
+        taken = set(group["external"].tolist())
+        mine = rows[rows["product_id"].isin(taken)] if len(rows) else None
+        edits[int(part)] = (taken, mine)
+    result.dropped = int(gone.sum())
+    todo = np.setdiff1d(added_goods, products)
+    fresh = rows_in_chunks(creator_rows, run, run.products.ids.positions(todo), k)
+    result.reasons = {
+        "new_good": len(todo),
+        "left_candidate_set": result.dropped,
+        **{name: int(mask.sum()) for name, mask in reasons.items()},
     }
-    result.dropped = int(gone["product"].nunique())
-    todo = np.setdiff1d(added_goods, held["product"].to_numpy())
-    positions = run.products.ids.positions(todo)
-    fresh = rows_in_chunks(creator_rows, run, positions, min(k, len(run.index("creators"))))
-    result.reasons = {"new_good": len(todo), "left_candidate_set": result.dropped}
-    result.queries = len(todo)
+    result.queries = len(todo) + int(again.sum())
     _write(out, parts, "product_id", edits, fresh, result, stage_remove)
     return result
 

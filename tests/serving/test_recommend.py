@@ -234,3 +234,39 @@ def test_bad_input(world, tmp_path) -> None:
     np.save(broken / "model" / "creator_embeddings.npy", np.zeros((3, 8), np.float32))
     with pytest.raises(RetrievalError, match="dim"):
         RetrievalRun.load(world["data"], broken)
+
+
+def test_exposure_slots_list_every_new_good(world, creator_lists: Path, tmp_path) -> None:
+    """Given new goods (a promoted fine-tune passes the day's), the batch job puts each
+    eligible one that no list took in one creator's last place, at most one per list,
+    leaves every other list as the plain job wrote it, and a rerun changes nothing."""
+    from serving.batch.job import run as run_recommend
+
+    cfg = load_settings("tiny")
+    request = ListsRequest(world["data"], str(world["model"]), str(world["tiers"]), 10)
+    new = world["new"]["product_id"].to_numpy()
+    out = tmp_path / "exposed"
+    manifest = run_recommend(cfg, request, out, progress=False, workers=1, expose=new)
+    plain, rows = pd.read_parquet(creator_lists), pd.read_parquet(out)
+    eligible = new[make_shard_fn(request, cfg).run.index("products").contains(new)]
+    counts = manifest["exposure"]
+    assert counts["goods"] == len(eligible) > counts["listed_by_score"] > 0
+    assert set(eligible) <= set(rows.product_id), "every eligible new good is listed"
+    slots = rows[rows.reason.str.contains("exposure slot")]
+    assert len(slots) == counts["slotted"] == len(eligible) - counts["listed_by_score"]
+    assert slots.creator_id.is_unique and slots["rank"].eq(10).all()
+    assert rows.groupby("creator_id")["rank"].count().eq(10).all()
+    assert manifest["rows"] == len(rows)
+    changed = plain.creator_id.isin(slots.creator_id)
+    pd.testing.assert_frame_equal(
+        rows[~rows.creator_id.isin(slots.creator_id)].reset_index(drop=True),
+        plain[~changed].reset_index(drop=True),
+    )
+    kept = rows[rows.creator_id.isin(slots.creator_id) & rows["rank"].lt(10)]
+    head = plain[changed & plain["rank"].lt(10)]
+    assert kept[["creator_id", "product_id"]].values.tolist() == (
+        head[["creator_id", "product_id"]].values.tolist()
+    ), "a slot list keeps its first k - 1 goods in order"
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
+    assert run_recommend(cfg, request, out, progress=False, workers=1, expose=new) == manifest
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")} == before

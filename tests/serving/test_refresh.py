@@ -180,6 +180,10 @@ def test_only_changed_lists_are_rewritten_and_the_index_is_patched(pipeline, cfg
     # new goods have product lists; the refresh manifest and _SUCCESS say what happened
     plaza = pd.read_parquet(d.product_lists)
     assert set(goods) <= set(plaza["product_id"]) and not set(plaza["product_id"]) & flagged_goods
+    # product lists holding a re-embedded creator were written again, with its new score
+    holding = set(plaza_before.loc[plaza_before["creator_id"].isin(busy), "product_id"])
+    plaza_reasons = manifest["lists"]["product"]["reasons"]
+    assert plaza_reasons["held_moved_creator"] == len(holding - flagged_goods) > 0
     l0 = set(tiers_before.loc[tiers_before["tier"] == 0, "product_id"]) - flagged_goods
     assert l0 & set(plaza_before["product_id"]) <= set(plaza["product_id"])  # not this delta's
     success = json.loads((d.creator_lists / SUCCESS).read_text())
@@ -204,6 +208,37 @@ def test_only_changed_lists_are_rewritten_and_the_index_is_patched(pipeline, cfg
     assert manifest["tiering"]["tiered"] >= len(goods) + len(flagged_goods)
     tiers = pd.read_parquet(d.tier / "tiers.parquet").set_index("product_id")["tier"]
     assert tiers.loc[goods].between(0, 5).all() and (tiers.loc[sorted(flagged_goods)] == 0).all()
+
+
+def test_new_creators_enter_the_product_lists_they_score_into(pipeline, cfg, tmp_path):
+    """New creators (embedded from their features) get a goods list, and each product
+    list one of them scores into is written again with it; every other product list
+    stays as it was."""
+    d = PipelineLayout(pipeline)
+    plaza_before = pd.read_parquet(d.product_lists)
+    delta = tmp_path / "delta"
+    delta.mkdir()
+    creators = read_table(d.data, "creators")
+    new = creators.sample(6, random_state=3).assign(
+        creator_id=int(creators["creator_id"].max()) + 1 + np.arange(6)
+    )
+    new.to_parquet(delta / "creators.parquet", index=False)
+
+    manifest = refresh(cfg, pipeline, delta)
+
+    fresh = set(new["creator_id"])
+    assert manifest["lists"]["creator"]["reasons"]["new_creator"] == len(fresh)
+    assert fresh <= set(_lists(pipeline)["creator_id"])
+    plaza = pd.read_parquet(d.product_lists)
+    entered = set(plaza.loc[plaza["creator_id"].isin(fresh), "product_id"])
+    reasons = manifest["lists"]["product"]["reasons"]
+    assert reasons["creator_enters"] == len(entered) > 0
+    assert manifest["lists"]["product"]["lists_rewritten"] == len(entered)
+    same = ~plaza_before["product_id"].isin(entered)
+    pd.testing.assert_frame_equal(
+        plaza_before[same].reset_index(drop=True),
+        plaza[~plaza["product_id"].isin(entered)].reset_index(drop=True),
+    )
 
 
 def test_a_second_identical_refresh_is_a_no_op(pipeline, cfg, tmp_path):
@@ -451,7 +486,7 @@ def test_a_refresh_killed_after_its_commit_is_finished_by_the_next_run(
 
 
 def test_exposure_slots_are_greedy_by_score_and_capped_per_list() -> None:
-    from serving.refresh.exposure import assign, place
+    from models.retrieval.exposure import assign, place
 
     # goods 1 and 2 both want creator 7 first; a list takes one slot, so 2 goes to 8
     options = pd.DataFrame(

@@ -194,6 +194,11 @@ def test_refresh_fine_tune_learns_new_goods_passes_the_gate_and_rewrites_the_lis
     for folder in (d.creator_lists, d.product_lists):
         success = json.loads((folder / "_SUCCESS").read_text())
         assert success["model_digest"] == new_digest != base_digest
+    # ... and the delta's new goods kept a place in some creator's list
+    creator = json.loads((d.creator_lists / "_SUCCESS").read_text())
+    assert creator["exposure_goods"]["count"] == len(goods)
+    listed = pd.read_parquet(d.creator_lists, columns=["product_id"])["product_id"]
+    assert np.isin(goods, listed).sum() >= creator["exposure"]["goods"] > 0
 
 
 def _sets(tiny_pipeline) -> list[str]:

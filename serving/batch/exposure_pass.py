@@ -1,0 +1,61 @@
+"""Exposure slots in a written lists folder: the batch job's last pass when it is given
+new goods to show.
+
+A promoted fine-tune rewrites every creator list with the batch job, and a new good
+placed from its features alone seldom makes a list on its score, so the slots the
+refresh gave the day's new goods would be lost. Given those goods, the job gives each
+one that no list holds its exposure slots (models/retrieval/exposure.py: greedy by
+score, at most `per_list` slots per list) and writes again only the parts that hold a
+chosen creator, each atomically. It runs before `_SUCCESS` is written; a second run
+finds every good listed and changes nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from features.io import write_part
+from models.retrieval import exposure
+from models.retrieval.run import RetrievalRun
+
+PART_GLOB = "part-*.parquet"
+
+
+def give_slots(
+    run: RetrievalRun, out: Path, goods: np.ndarray, k: int, per_good: int, per_list: int
+) -> dict[str, int]:
+    """Slots in OUT's creator lists for the `goods` (internal IDs) that the goods index
+    holds and no list does; returns how many goods were eligible, listed already, given
+    a slot, and how many lists changed."""
+    goods = np.unique(np.asarray(goods, np.int64))
+    eligible = goods[run.index("products").contains(goods)] if len(goods) else goods
+    parts = sorted(Path(out).glob(PART_GLOB))
+    held = [pd.read_parquet(p, columns=["product_id"])["product_id"].to_numpy() for p in parts]
+    listed = np.unique(np.concatenate(held)) if held else np.empty(0, np.int64)
+    missing = eligible[~np.isin(run.external("product", eligible), listed)]
+    chosen = exposure.assign(exposure.candidates(run, missing, per_good), per_good, per_list)
+    counts = {
+        "goods": len(eligible),
+        "listed_by_score": len(eligible) - len(missing),
+        "slotted": int(chosen["product_id"].nunique()) if len(chosen) else 0,
+        "lists_changed": int(chosen["creator_id"].nunique()) if len(chosen) else 0,
+    }
+    if chosen.empty:
+        return counts
+    slots = exposure.slot_rows(run, chosen)
+    for path in parts:
+        frame = pd.read_parquet(path)
+        mine = slots["creator_id"].isin(frame["creator_id"])
+        if not mine.any():
+            continue
+        order = {q: n for n, q in enumerate(pd.unique(frame["creator_id"]))}
+        hit = frame["creator_id"].isin(slots.loc[mine, "creator_id"])
+        placed = exposure.place(frame[hit], slots[mine], k)
+        frame = pd.concat([frame[~hit], placed], ignore_index=True)
+        at = frame["creator_id"].map(order).to_numpy()
+        frame = frame.iloc[np.lexsort((frame["rank"].to_numpy(), at))].reset_index(drop=True)
+        write_part(frame, out, int(path.stem.split("-")[1]))
+    return counts
