@@ -12,7 +12,9 @@ In order, each step reading what the one before staged (serving/refresh/staging.
    when the recall probe or the list balance says so (index_update.py);
 5. only the lists whose inputs changed are recomputed (lists.py); the lists' `_SUCCESS`
    and `DIR/lists/refresh.json` say what changed and why (manifest.py);
-6. the plan is committed and every file moved into place.
+6. the broker matches, when DIR has them, are computed again over the refreshed state
+   (brokers.py);
+7. the plan is committed and every file moved into place.
 
 A running service picks the new state up on its next reload (`POST /admin/reload` or
 SIGHUP): same model digest, so the rewritten lists are served as batch lists.
@@ -33,6 +35,7 @@ from features.io import files_digest, write_json
 from features.settings import Settings
 from models.artifacts import (
     INDEX_DIR,
+    MATCHES,
     REFRESHED_CREATORS,
     SUCCESS,
     TIERS,
@@ -43,6 +46,7 @@ from models.artifacts import (
 )
 from models.retrieval.run import RetrievalRun
 from serving.batch.folder_lock import output_lock
+from serving.refresh.brokers import rematch
 from serving.refresh.creators import reembed, save_overlay
 from serving.refresh.delta import Delta, read_delta
 from serving.refresh.index_update import save_index, update_creators_index, update_goods_index
@@ -188,6 +192,12 @@ def _refresh(
         )
     t = lap("lists", t)
 
+    brokers = None
+    if layout.brokers.is_dir():
+        out = staging.path(layout.brokers.relative_to(layout.root) / MATCHES).parent
+        brokers = rematch(cfg, retrieval, data_view, tier_folder, out)
+        t = lap("brokers", t)
+
     digests = {
         "data_digest": data_digest(data_view),
         "tiers_digest": files_digest([(TIERS, tier_folder / TIERS)]),
@@ -199,6 +209,9 @@ def _refresh(
         "indexes": {"products": goods.describe(), "creators": creators.describe()},
         "creator_history": reembedded.describe() if reembedded is not None else None,
         "lists": {name: rewrite.describe() for name, rewrite in lists.items()},
+        "brokers": None
+        if brokers is None
+        else {k: brokers[k] for k in ("brokers", "assignments", "seconds") if k in brokers},
     }
     for name, rewrite in lists.items():
         folder = layout.creator_lists if name == "creator" else layout.product_lists

@@ -180,6 +180,10 @@ def test_only_changed_lists_are_rewritten_and_the_index_is_patched(pipeline, cfg
     # new goods have product lists; the refresh manifest and _SUCCESS say what happened
     plaza = pd.read_parquet(d.product_lists)
     assert set(goods) <= set(plaza["product_id"]) and not set(plaza["product_id"]) & flagged_goods
+    # the broker matches were made again: the flagged merchant's goods left them too
+    matches = pd.read_parquet(d.brokers / "matches.parquet")
+    assert manifest["brokers"]["assignments"] == len(matches) > 0
+    assert not set(matches["product_id"]) & flagged_goods
     # product lists holding a re-embedded creator were written again, with its new score
     holding = set(plaza_before.loc[plaza_before["creator_id"].isin(busy), "product_id"])
     plaza_reasons = manifest["lists"]["product"]["reasons"]
