@@ -20,6 +20,7 @@ import pandas as pd
 from features.io import write_part
 from models.retrieval import exposure
 from models.retrieval.run import RetrievalRun
+from serving.batch.parts import splice
 
 PART_GLOB = "part-*.parquet"
 
@@ -51,11 +52,7 @@ def give_slots(
         mine = slots["creator_id"].isin(frame["creator_id"])
         if not mine.any():
             continue
-        order = {q: n for n, q in enumerate(pd.unique(frame["creator_id"]))}
-        hit = frame["creator_id"].isin(slots.loc[mine, "creator_id"])
-        placed = exposure.place(frame[hit], slots[mine], k)
-        frame = pd.concat([frame[~hit], placed], ignore_index=True)
-        at = frame["creator_id"].map(order).to_numpy()
-        frame = frame.iloc[np.lexsort((frame["rank"].to_numpy(), at))].reset_index(drop=True)
-        write_part(frame, out, int(path.stem.split("-")[1]))
+        taken = set(slots.loc[mine, "creator_id"].tolist())
+        placed = exposure.place(frame[frame["creator_id"].isin(taken)], slots[mine], k)
+        write_part(splice(frame, "creator_id", taken, placed), out, int(path.stem.split("-")[1]))
     return counts

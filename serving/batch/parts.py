@@ -54,3 +54,17 @@ def save_part(df: pd.DataFrame, out: Path, part: int) -> int:
             "are kept, rerun the same command to resume"
         ) from None
     return len(df)
+
+
+def splice(
+    frame: pd.DataFrame, query_col: str, taken: set, rows: pd.DataFrame | None
+) -> pd.DataFrame:
+    """A part's rows with the lists of the `taken` queries replaced by `rows`: the other
+    rows as read, the queries in the part's order, each list by rank."""
+    order = {q: n for n, q in enumerate(pd.unique(frame[query_col]))}
+    frame = frame[~frame[query_col].isin(taken)]
+    if rows is not None and len(rows):
+        frame = pd.concat([frame, rows], ignore_index=True)
+        at = frame[query_col].map(order).to_numpy()
+        frame = frame.iloc[np.lexsort((frame["rank"].to_numpy(), at))]
+    return frame.reset_index(drop=True)

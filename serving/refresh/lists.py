@@ -39,6 +39,7 @@ from features.io import write_part
 from models.retrieval import exposure
 from models.retrieval.list_rows import creator_rows, goods_rows, rows_in_chunks
 from models.retrieval.run import RetrievalRun, Side
+from serving.batch.parts import splice
 
 PART_GLOB = "part-*.parquet"
 SCORE_CHUNK = 4096  # creators scored against the added goods at a time
@@ -119,17 +120,9 @@ def _write(
             result.parts_kept += 1
             result.rows += pq.read_metadata(part).num_rows
             continue
-        taken, rows = edits[i]
-        frame = pd.read_parquet(part)
-        order = {q: n for n, q in enumerate(pd.unique(frame[query_col]))}
-        frame = frame[~frame[query_col].isin(taken)]
-        if rows is not None and len(rows):
-            frame = pd.concat([frame, rows], ignore_index=True)
-            # the queries in the part's order, each list by rank
-            at = frame[query_col].map(order).to_numpy()
-            frame = frame.iloc[np.lexsort((frame["rank"].to_numpy(), at))]
+        frame = splice(pd.read_parquet(part), query_col, *edits[i])
         if len(frame):
-            write_part(frame.reset_index(drop=True), out, numbers[i])
+            write_part(frame, out, numbers[i])
             result.parts_rewritten += 1
             result.rows += len(frame)
         else:
@@ -268,11 +261,10 @@ def rewrite_product_lists(
             per["lowest"].to_numpy()[live],
             _vectors(run.creators, added_creators),
         )
-    moved = np.empty(0, np.int64) if moved_creators is None else moved_creators
-    holders = held.loc[
-        np.isin(_internal(run, "creator", held["creator_id"].to_numpy()), moved), "product"
-    ]
-    reasons["held_moved_creator"] = np.isin(products, holders.unique()) & live
+    reasons["held_moved_creator"] = np.zeros(len(products), bool)
+    if moved_creators is not None and len(moved_creators):
+        holding = np.isin(_internal(run, "creator", held["creator_id"].to_numpy()), moved_creators)
+        reasons["held_moved_creator"] = np.isin(products, held.loc[holding, "product"]) & live
     again = np.logical_or.reduce(list(reasons.values()))
     rows = rows_in_chunks(creator_rows, run, pos[again], k)
     edits: dict[int, tuple[set, pd.DataFrame | None]] = {}
