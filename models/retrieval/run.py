@@ -344,6 +344,14 @@ class RetrievalRun:
     def retriever(self) -> GoodsRetriever:
         return GoodsRetriever(self.index("products"), self.catalog, self.policy_cfg)
 
+    def candidate_set(self) -> np.ndarray:
+        """(n_products,) bool: goods DATA lists that the policy may show in any list
+        (not an excluded tier such as L0, no flagged merchant)."""
+        p = self.policy_cfg
+        return self.products.listed & self.catalog.eligible(
+            None, tuple(p.exclude_tiers), p.exclude_flagged
+        )
+
     # ------------------------------------------------------------- queries
     def creator_positions(self, ids: np.ndarray) -> np.ndarray:
         """Internal creator IDs -> positions; UnknownIdError names the unknown ones."""
@@ -385,8 +393,10 @@ class RetrievalRun:
         """Internal IDs -> the user's own IDs where `haowu import` kept a map."""
         return self.maps[side].to_external(ids) if side in self.maps else ids
 
-    def describe(self) -> dict[str, Any]:
-        """Counts and index settings for the batch manifest."""
+    def describe(self, indexes: tuple[str, ...] | None = None) -> dict[str, Any]:
+        """Counts and the settings of the `indexes` built (None: all built so far) for the
+        batch manifest: a job names the one it searches, so that an index a later pass
+        builds does not change the job's identity."""
         out: dict[str, Any] = {
             "creators": len(self.creators),
             "new_creators": int(self.creators.new.sum()),
@@ -395,6 +405,8 @@ class RetrievalRun:
             "delisted_products": int((~self.products.listed & ~self.products.new).sum()),
         }
         for name, index in self._indexes.items():
+            if indexes is not None and name not in indexes:
+                continue
             tune = index.params.get("tune") or {}
             out[f"{name}_index"] = {
                 "kind": index.kind,

@@ -28,11 +28,15 @@ PART_GLOB = "part-*.parquet"
 def give_slots(
     run: RetrievalRun, out: Path, goods: np.ndarray, k: int, per_good: int, per_list: int
 ) -> dict[str, int]:
-    """Slots in OUT's creator lists for the `goods` (internal IDs) that the goods index
-    holds and no list does; returns how many goods were eligible, listed already, given
-    a slot, and how many lists changed."""
+    """Slots in OUT's creator lists for the `goods` (internal IDs) that the policy may
+    show (`RetrievalRun.candidate_set`: not L0, no flagged merchant) and no list holds;
+    returns how many goods were eligible, listed already, given a slot, and how many
+    lists changed."""
     goods = np.unique(np.asarray(goods, np.int64))
-    eligible = goods[run.index("products").contains(goods)] if len(goods) else goods
+    pos = run.products.ids.positions(goods, strict=False)
+    ok = pos >= 0
+    ok[ok] = run.candidate_set()[pos[ok]]
+    eligible = goods[ok]
     parts = sorted(Path(out).glob(PART_GLOB))
     held = [pd.read_parquet(p, columns=["product_id"])["product_id"].to_numpy() for p in parts]
     listed = np.unique(np.concatenate(held)) if held else np.empty(0, np.int64)

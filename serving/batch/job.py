@@ -203,7 +203,8 @@ def run(
     if k > n_items:
         what = "goods" if direction == "creator" else "creators"
         raise HaowuError(f"--k {k} exceeds the {n_items} {what} the model and data hold")
-    retrieval.index("products" if direction == "creator" else "creators")  # built once, here
+    searched = "products" if direction == "creator" else "creators"
+    retrieval.index(searched)  # built once, here
     engine = engine or cfg.batch.engine
     workers = workers or cfg.batch.workers
     # the identity covers content, not only paths: a retrain into the same model folder,
@@ -220,7 +221,7 @@ def run(
         "k": k,
         "exact": request.exact,
         "policy": cfg.policy.model_dump(mode="json") if direction == "creator" else None,
-        **retrieval.describe(),
+        **retrieval.describe((searched,)),
     }
     finish = None
     slots = cfg.refresh.new_good_creators, cfg.refresh.new_good_slots_per_list

@@ -117,9 +117,7 @@ def update_goods_index(run: RetrievalRun, cfg: Settings, saved: Path) -> IndexUp
     `saved`: a staged view of MODEL/index (an index built there stays staged)."""
     side, policy = run.products, cfg.policy
     index = run.saved_index("products", saved)
-    eligible = side.listed & run.catalog.eligible(
-        None, tuple(policy.exclude_tiers), policy.exclude_flagged
-    )
+    eligible = run.candidate_set()
     held = index.contains(side.ids.ids)
     add, remove = eligible & ~held, held & ~eligible
     why = {

@@ -187,8 +187,7 @@ def _refresh(
             # the goods this delta took out (a good L0 before keeps its invitation list)
             np.intersect1d(goods.removed, retiered.product_ids),
             remove,
-            creators.added,
-            creators.removed,
+            np.setdiff1d(creators.added, creators.removed),  # new, not re-embedded
         )
     t = lap("lists", t)
 

@@ -248,10 +248,16 @@ def test_exposure_slots_list_every_new_good(world, creator_lists: Path, tmp_path
     out = tmp_path / "exposed"
     manifest = run_recommend(cfg, request, out, progress=False, workers=1, expose=new)
     plain, rows = pd.read_parquet(creator_lists), pd.read_parquet(out)
-    eligible = new[make_shard_fn(request, cfg).run.index("products").contains(new)]
+    tiers = pd.read_parquet(world["tiers"] / "tiers.parquet").set_index("product_id")["tier"]
+    merchant = world["new"].set_index("product_id")["merchant_id"]
+    flagged = read_table(world["data"], "merchants").set_index("merchant_id")["flagged_low_quality"]
+    shown = (tiers.loc[new].to_numpy() > 0) & ~flagged.loc[merchant.loc[new]].to_numpy()
+    eligible = new[shown]
+    assert 0 < len(eligible) < len(new), "some new goods are L0 or flagged: no slot for them"
     counts = manifest["exposure"]
     assert counts["goods"] == len(eligible) > counts["listed_by_score"] > 0
     assert set(eligible) <= set(rows.product_id), "every eligible new good is listed"
+    assert not rows.product_id.isin(new[~shown]).any()
     slots = rows[rows.reason.str.contains("exposure slot")]
     assert len(slots) == counts["slotted"] == len(eligible) - counts["listed_by_score"]
     assert slots.creator_id.is_unique and slots["rank"].eq(10).all()
