@@ -45,7 +45,7 @@ class PopularityRecommender(Recommender):
     ) -> tuple[np.ndarray, np.ndarray]:
         self._check_fitted()
         assert self.popularity is not None
-        columns = np.arange(self.n_products) if columns is None else np.asarray(columns, np.int64)
+        columns = self._columns(columns)
         row = self.popularity[columns]
         return np.broadcast_to(row, (len(creators), len(row))), columns
 
@@ -156,7 +156,7 @@ class _HistoryRecommender(Recommender):
         self._check_fitted()
         assert self.history is not None and self.popularity is not None
         scores = self._item_scores(self.history[creators], columns)
-        columns = np.arange(self.n_products) if columns is None else np.asarray(columns, np.int64)
+        columns = self._columns(columns)
         scores += PRIOR * self.popularity[columns][None, :]
         return scores, columns
 

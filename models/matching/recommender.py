@@ -59,8 +59,14 @@ class Recommender(ABC):
         ranking a slice costs the slice, not the catalog."""
         scores = self.score(creators)
         if columns is None:
-            return scores, np.arange(self.n_products)
-        return scores[:, columns], np.asarray(columns, dtype=np.int64)
+            return scores, self._columns(None)
+        return scores[:, columns], self._columns(columns)
+
+    def _columns(self, columns: np.ndarray | None) -> np.ndarray:
+        """The product positions asked for, as int64 (None: every good)."""
+        if columns is None:
+            return np.arange(self.n_products)
+        return np.asarray(columns, dtype=np.int64)
 
     def recommend(
         self,
