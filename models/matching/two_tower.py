@@ -215,20 +215,38 @@ def in_batch_softmax_loss(
     """
     batch = creator.shape[0]
     creator = creator / temperature  # scale the (B, d) side, not the (B, B) logits
-    logits = creator @ product.T  # (B, B)
-    if log_q is not None:
-        logits = logits - log_q[None, :]
+    logits = _logits(creator, product, log_q)  # (B, B)
     if product_keys is not None:
-        same = product_keys[None, :] == product_keys[:, None]  # (B, B)
-        same.fill_diagonal_(False)
-        logits = logits.masked_fill(same, float("-inf"))
+        rows, cols = accidental_hits(product_keys)
+        logits[rows, cols] = float("-inf")  # the matmul's output: no gradient reads it
     if extra is not None:
-        extra_logits = creator @ extra.T  # (B, M)
-        if extra_log_q is not None:
-            extra_logits = extra_logits - extra_log_q[None, :]
-        logits = torch.cat([logits, extra_logits], dim=1)  # (B, B + M)
+        logits = torch.cat([logits, _logits(creator, extra, extra_log_q)], dim=1)  # (B, B + M)
     target = torch.arange(batch, device=creator.device)
     return F.cross_entropy(logits, target)
+
+
+def _logits(
+    creator: torch.Tensor, product: torch.Tensor, log_q: torch.Tensor | None
+) -> torch.Tensor:
+    """creator @ product.T - log_q: the correction rides in the matmul (one pass over the
+    (B, N) logits, not a second one to subtract)."""
+    if log_q is None:
+        return creator @ product.T
+    return torch.addmm(-log_q[None, :], creator, product.T)
+
+
+def accidental_hits(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, cols) of the in-batch pairs i != j with keys[i] == keys[j]: the same good
+    twice in a batch is no negative for its own rows. Only the rows whose key repeats are
+    compared with each other, not all B x B pairs."""
+    _, inverse, counts = torch.unique(keys, return_inverse=True, return_counts=True)
+    repeated = torch.nonzero(counts[inverse] > 1).squeeze(1)  # (R,) rows
+    if len(repeated) == 0:
+        return repeated, repeated
+    same = keys[repeated][:, None] == keys[repeated][None, :]  # (R, R)
+    same.fill_diagonal_(False)
+    i, j = torch.nonzero(same, as_tuple=True)
+    return repeated[i], repeated[j]
 
 
 def full_softmax_loss(
@@ -279,7 +297,7 @@ def cosine_contrastive_loss(
     penalty = F.relu(creator @ product.T - margin)  # (B, B)
     valid = ~torch.eye(batch, dtype=torch.bool, device=creator.device)
     if product_keys is not None:
-        valid &= product_keys[None, :] != product_keys[:, None]
+        valid[accidental_hits(product_keys)] = False
     weight = valid.to(penalty.dtype)
     if log_q is not None:
         weight = weight * torch.exp(-(log_q - log_q.min()))[None, :]  # shift: no overflow

@@ -12,6 +12,7 @@ from models.matching.two_tower import (
     TowerSpec,
     TwoTower,
     TwoTowerConfig,
+    accidental_hits,
     cosine_contrastive_loss,
     in_batch_softmax_loss,
 )
@@ -54,6 +55,47 @@ def test_accidental_hits_are_masked() -> None:
     keys = torch.tensor([7, 7])
     loss = in_batch_softmax_loss(creator, product, None, 1.0, product_keys=keys)
     assert loss.item() == pytest.approx(0.0, abs=1e-6)  # each row has only its positive
+
+
+def test_accidental_hits_are_every_repeated_pair_off_the_diagonal() -> None:
+    keys = torch.tensor([5, 2, 5, 9, 2, 5, 1])
+    rows, cols = accidental_hits(keys)
+    dense = keys[:, None] == keys[None, :]
+    dense.fill_diagonal_(False)
+    pairs = torch.stack([rows, cols], 1).tolist()
+    assert sorted(pairs) == torch.nonzero(dense).tolist()
+    assert len(accidental_hits(torch.tensor([3, 1, 2]))[0]) == 0
+
+
+def test_loss_and_gradients_match_the_plain_formula() -> None:
+    """logQ folded into the matmul and the sparse accidental-hit mask give the same loss
+    and gradients as subtracting logQ from, and masking, the whole (B, B) matrix."""
+    gen = torch.Generator().manual_seed(0)
+    b, m, d, t = 64, 16, 8, 0.07
+    keys = torch.randint(0, 20, (b,), generator=gen)  # many repeats
+    log_q = torch.randn(b, generator=gen)
+    extra_q = torch.randn(m, generator=gen)
+    u0, v0, e0 = (torch.randn(n, d, generator=gen) for n in (b, b, m))
+
+    def plain(u: torch.Tensor, v: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        logits = (u / t) @ v.T - log_q[None, :]
+        same = keys[None, :] == keys[:, None]
+        same.fill_diagonal_(False)
+        logits = logits.masked_fill(same, float("-inf"))
+        logits = torch.cat([logits, (u / t) @ e.T - extra_q[None, :]], dim=1)
+        return torch.nn.functional.cross_entropy(logits, torch.arange(b))
+
+    grads = []
+    for fn in (
+        plain,
+        lambda u, v, e: in_batch_softmax_loss(u, v, log_q, t, keys, e, extra_q),
+    ):
+        args = [x.clone().requires_grad_(True) for x in (u0, v0, e0)]
+        loss = fn(*args)
+        loss.backward()
+        grads.append((loss.detach(), *(a.grad for a in args)))
+    for ours, reference in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(ours, reference)
 
 
 def test_extra_negatives_join_the_softmax() -> None:

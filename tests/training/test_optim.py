@@ -35,3 +35,18 @@ def test_dense_gradients_are_refused() -> None:
     weight.sum().backward()
     with pytest.raises(ValueError, match="sparse gradients"):
         RowWiseAdagrad([weight]).step()
+
+
+def test_a_row_seen_several_times_steps_once_on_its_summed_gradient() -> None:
+    """Duplicate rows (an embedding bag's entries) are summed first: the same step as on
+    the coalesced gradient, whatever order the rows came in."""
+    emb, opt = _table()
+    bag = torch.nn.functional.embedding_bag(
+        torch.tensor([3, 1, 3, 3, 0]), emb.weight, torch.tensor([0, 2]), mode="sum", sparse=True
+    )
+    bag.sum().backward()  # row 3 three times: g = [3, 3]; rows 0 and 1 once: g = [1, 1]
+    opt.step()
+    torch.testing.assert_close(emb.weight[3], torch.tensor([7.0, 8.0]) - 0.5 * 3 / 3)
+    torch.testing.assert_close(emb.weight[0], torch.tensor([0.5, 1.5]))
+    torch.testing.assert_close(emb.weight[1], torch.tensor([2.5, 3.5]))
+    torch.testing.assert_close(emb.weight[2], torch.tensor([5.0, 6.0]))

@@ -38,8 +38,7 @@ class RowWiseAdagrad(torch.optim.Optimizer):
                     raise ValueError(
                         "RowWiseAdagrad expects sparse gradients (nn.Embedding(sparse=True))"
                     )
-                grad = grad.coalesce()
-                rows, values = grad.indices()[0], grad.values()  # (u,), (u, dim)
+                rows, values = _sum_rows(grad)  # (u,), (u, dim)
                 if group["weight_decay"]:
                     values = values + group["weight_decay"] * param[rows]
                 state = self.state[param]
@@ -51,3 +50,18 @@ class RowWiseAdagrad(torch.optim.Optimizer):
                 acc.index_add_(0, rows, values.pow(2).mean(dim=1))
                 scale = -group["lr"] / (acc[rows].sqrt() + group["eps"])  # (u,)
                 param.index_add_(0, rows, values * scale[:, None])
+
+
+def _sum_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distinct rows of a sparse gradient and each one's summed values.
+
+    `grad.coalesce()` gives the same, but sorts the (n, dim) values along with the
+    indices; finding the distinct rows first and adding each entry into its row's slot
+    moves every value once: 3.1-4.7 ms against 7.4-7.6 ms for the history table's 58,000
+    entries of a `small` batch (2 threads)."""
+    if grad.is_coalesced():
+        return grad._indices()[0], grad._values()
+    rows, slot = torch.unique(grad._indices()[0], return_inverse=True)
+    values = grad._values()
+    summed = torch.zeros((len(rows), values.shape[1]), dtype=values.dtype, device=values.device)
+    return rows, summed.index_add_(0, slot, values)
