@@ -159,6 +159,11 @@ class MatchingConfig(StrictModel):
     protocols: list[Literal["random", "time"]] = Field(default=["random", "time"])
     eval_creators: int = Field(20000, ge=0, description="creators scored per test (0 = all)")
     val_creators: int = Field(4000, ge=0, description="creators scored per early-stop check")
+    val_scores: int = Field(
+        800_000_000,
+        ge=0,
+        description="creator x good scores a check may spend: small catalogs check more creators",
+    )
     eval_batch: int = Field(1024, gt=0)
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = Field(
@@ -179,6 +184,15 @@ class MatchingConfig(StrictModel):
     ease_lambda: float = Field(500.0, gt=0)
     ease_max_products: int = Field(20000, gt=0, description="larger catalogs use ItemKNN")
     itemknn_neighbors: int = Field(100, gt=0)
+
+    def val_sample(self, n_products: int) -> int:
+        """Creators per validation check (0 = all): `val_creators`, or more while the
+        check costs at most `val_scores` scores. A sampled check's noise moves the early
+        stop: on Amazon Beauty's 12,101 goods, 4,000 sampled creators stopped at epoch 8
+        (best 6, Hit@10 0.0513) where every creator stopped at 10 (best 8, 0.0547)."""
+        if not self.val_creators:
+            return 0
+        return max(self.val_creators, self.val_scores // max(n_products, 1))
 
     @model_validator(mode="after")
     def _negatives_exist(self) -> MatchingConfig:

@@ -3,7 +3,14 @@ from pathlib import Path
 import pytest
 
 from features.errors import ConfigError
-from features.settings import CONFIG_DIR, GROUPS, PRESETS, load_settings, parse_override
+from features.settings import (
+    CONFIG_DIR,
+    GROUPS,
+    PRESETS,
+    MatchingConfig,
+    load_settings,
+    parse_override,
+)
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -63,3 +70,12 @@ def test_bad_override_syntax() -> None:
     with pytest.raises(ConfigError, match="key=value"):
         parse_override("no-equals-sign")
     assert parse_override("a.b.c=[1, 2]") == {"a": {"b": {"c": [1, 2]}}}
+
+
+def test_validation_sample_grows_on_small_catalogs_only() -> None:
+    cfg = MatchingConfig(val_creators=4000, val_scores=800_000_000)
+    assert cfg.val_sample(200_000) == 4000  # small's catalog: the sample as set
+    assert cfg.val_sample(10_000_000) == 4000  # never fewer than val_creators
+    assert cfg.val_sample(12_101) == 66_110  # Beauty: more than its 22,363 creators = all
+    assert MatchingConfig(val_creators=0).val_sample(12_101) == 0  # 0 stays "all"
+    assert MatchingConfig(val_creators=500, val_scores=0).val_sample(100) == 500

@@ -252,7 +252,8 @@ class MatchingJob:
         cfg = self.mcfg
         if not split.val.any():
             return
-        task = make_task("val", self.inter, split.val, split.train, cfg.val_creators, cfg.seed)
+        sample = cfg.val_sample(len(self.inter.products))
+        task = make_task("val", self.inter, split.val, split.train, sample, cfg.seed)
         k = cfg.early_stop_k
         scores = {
             name: run_eval(m, task, [k], None, cfg.eval_batch).metrics[f"recall@{k}"]

@@ -298,8 +298,9 @@ class TwoTowerTrainer(TwoTowerRecommender):
         val_task = None
         if val is not None and val.nnz and cfg.patience >= 0:
             rows = np.flatnonzero(np.diff(val.indptr) > 0)
-            if cfg.val_creators and len(rows) > cfg.val_creators:
-                rows = np.sort(rng.choice(rows, cfg.val_creators, replace=False))
+            sample = cfg.val_sample(val.shape[1])
+            if sample and len(rows) > sample:
+                rows = np.sort(rng.choice(rows, sample, replace=False))
             val_task = EvalTask("val", rows, val, train)
         best_state, best_recall, stale = None, -1.0, 0
         n_batches = max(len(creator) // cfg.batch_size, 1)  # drop the ragged last batch
