@@ -42,6 +42,21 @@ class TestEASE(RecommenderContract):
         with pytest.raises(RecommenderError, match="ItemKNN"):
             EASERecommender(max_products=10).fit(contract_matrix())
 
+    def test_weights_are_the_closed_form_in_memory_order(self, tmp_path) -> None:
+        """B = I - P diagMat(1 / diag(P)), P = (X'X + lambda I)^-1 (Steck 2019), computed in
+        float64 with a general inverse; ours (float32 Cholesky) agrees, and its rows lie
+        in memory order (C-contiguous) after fitting and after loading."""
+        train = contract_matrix()
+        x = (train > 0).astype(np.float64).toarray()
+        p = np.linalg.inv(x.T @ x + 10.0 * np.eye(x.shape[1]))
+        expected = -p / np.diag(p)[None, :]
+        np.fill_diagonal(expected, 0.0)
+        model = EASERecommender(lambda_=10.0).fit(train)
+        np.testing.assert_allclose(model.weights, expected, atol=1e-5)
+        assert model.weights.flags.c_contiguous
+        loaded = Recommender.load(model.save(tmp_path / "ease"))
+        assert loaded.weights.flags.c_contiguous
+
 
 class TestItemKNN(RecommenderContract):
     def make(self) -> Recommender:
