@@ -20,13 +20,14 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from features.errors import HaowuError
+from features.errors import ConfigError, HaowuError
 from features.settings import PRESETS, Settings, load_settings
 from features.version import haowu_version
 from models.artifacts import RUN_META
 
 if TYPE_CHECKING:
     import numpy as np
+    import pandas as pd
 
     from serving.refresh.simulation import Arm
 
@@ -89,6 +90,16 @@ def show(result: Mapping[str, Any], prefix: str = "", fmt: str = "") -> None:
 
 def settings(preset: str, config: Path | None, overrides: list[str] | None) -> Settings:
     return load_settings(preset, config, overrides or [])
+
+
+def _timestamp(text: str, option: str) -> pd.Timestamp:
+    """An ISO time given on the command line, or a one-line error naming the option."""
+    import pandas as pd
+
+    try:
+        return pd.Timestamp(text)
+    except ValueError:
+        raise ConfigError(f"{option}: {text!r} is no time (ISO, e.g. 2026-12-07T08:00)") from None
 
 
 def _version(value: bool) -> None:
@@ -472,6 +483,13 @@ def recommend(
     shard_size: Annotated[
         int | None, typer.Option(help="queries per part file (default: batch.shard_size)")
     ] = None,
+    expose_since: Annotated[
+        str | None,
+        typer.Option(
+            help="creator lists: goods listed at or after this time (ISO, e.g. 2026-12-07) "
+            "that no list holds get exposure slots"
+        ),
+    ] = None,
     force: Annotated[
         bool,
         typer.Option("--force", "--overwrite", help="start over (also over another job's lists)"),
@@ -483,12 +501,19 @@ def recommend(
     """Write top-k lists with the FAISS index and the platform's policy: OUT/part-*.parquet,
     then OUT/_SUCCESS; a rerun resumes."""
     from models.artifacts import job_inputs
+    from serving.batch.exposure_pass import listed_since
     from serving.batch.job import ListsRequest
     from serving.batch.job import run as run_recommend
 
     cfg = settings(preset, config, set_)
     inputs = job_inputs(from_, data, model, tiers)
     request = ListsRequest(inputs.data, inputs.model, inputs.tiers, k, direction, exact)
+    expose = None
+    if expose_since is not None:
+        if direction != "creator":
+            raise ConfigError("--expose-since gives slots in creator lists (--direction creator)")
+        expose = listed_since(inputs.data, _timestamp(expose_since, "--expose-since"))
+        typer.echo(f"{len(expose):,} goods listed since {expose_since}: exposure slots if unlisted")
     manifest = run_recommend(
         cfg,
         request,
@@ -497,6 +522,7 @@ def recommend(
         engine=engine,
         workers=workers,
         shard_size=shard_size,
+        expose=expose,
     )
     index = manifest.get("products_index" if direction == "creator" else "creators_index") or {}
     typer.echo(
@@ -510,6 +536,8 @@ def recommend(
             f"CPU {manifest['cpu_utilisation']:.0%} of {manifest['cores']} cores; "
             f"{manifest['resumed_parts']} part(s) resumed"
         )
+    if "exposure" in manifest:
+        show(manifest["exposure"], "exposure ")
 
 
 @app.command()
@@ -1085,10 +1113,11 @@ def bench_quality(
         typer.echo(f"wrote {out}")
 
 
-def _full_pipeline(cfg: Settings, folder: Path) -> float:
+def _full_pipeline(cfg: Settings, folder: Path, expose: np.ndarray | None = None) -> float:
     """What a daily full retrain runs on a pipeline folder's data, as `haowu pipeline`
     does (train-tier, train-matching, both recommend steps; no registry, no brokers);
-    returns its seconds."""
+    `expose`: the day's new goods, given exposure slots in the creator lists as
+    `recommend --expose-since` gives them; returns its seconds."""
     from models.artifacts import PipelineLayout
     from serving.batch.job import ListsRequest
     from serving.batch.job import run as run_recommend
@@ -1103,7 +1132,7 @@ def _full_pipeline(cfg: Settings, folder: Path) -> float:
     for direction, lists in (("creator", d.creator_lists), ("product", d.product_lists)):
         request = ListsRequest(d.data, str(d.matching), str(d.tier), cfg.refresh.bench.k,
                                direction)  # fmt: skip
-        run_recommend(cfg, request, lists, overwrite=True, progress=False)
+        run_recommend(cfg, request, lists, overwrite=True, progress=False, expose=expose)
     return time.perf_counter() - start
 
 
@@ -1111,8 +1140,10 @@ def _bench_arms(cfg: Settings) -> dict[str, Arm]:
     """`haowu bench refresh`'s ways of keeping a pipeline folder up to date, each a
     `simulation.Arm`: given its copy of the start folder, it returns its daily step.
     Adding an arm (e.g. a fine-tune) is one entry here."""
+    from features.io import read_table
     from features.synthetic.timeline import add_later_rows, later_of
     from models.artifacts import MATCHING_MODEL, PipelineLayout
+    from serving.refresh.delta import new_products
     from serving.refresh.job import run as run_refresh
     from serving.refresh.merge import merge_delta
     from serving.refresh.simulation import Advance, Arm, unchanged
@@ -1133,9 +1164,11 @@ def _bench_arms(cfg: Settings) -> dict[str, Arm]:
 
     def retrain(folder: Path) -> Advance:
         def step(delta: Path) -> None:
-            merge_delta(PipelineLayout(folder), delta)
-            add_later_rows(PipelineLayout(folder).data, later_of(delta))  # the day's labels
-            _full_pipeline(cfg, folder)
+            layout = PipelineLayout(folder)
+            known = read_table(layout.data, "products", columns=["product_id"])["product_id"]
+            merge_delta(layout, delta)
+            add_later_rows(layout.data, later_of(delta))  # the day's labels
+            _full_pipeline(cfg, folder, expose=new_products(delta, known.to_numpy()))
 
         return timed(step)
 

@@ -17,12 +17,25 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from features.io import write_part
+from features.io import read_table, write_part
 from models.retrieval import exposure
 from models.retrieval.run import RetrievalRun
 from serving.batch.parts import splice
 
 PART_GLOB = "part-*.parquet"
+
+
+def listed_since(data_dir: Path, since: pd.Timestamp) -> np.ndarray:
+    """Goods (internal IDs) of DIR/products listed at or after `since`: what a daily full
+    run gives exposure slots to, as a refresh does for a delta's new goods. A products
+    table without `listed_at` is a contract error naming the file and the column."""
+    products = read_table(Path(data_dir), "products", columns=["product_id", "listed_at"])
+    listed = pd.to_datetime(products["listed_at"])
+    if listed.dt.tz is not None:
+        listed = listed.dt.tz_convert("UTC").dt.tz_localize(None)
+    if since.tzinfo is not None:
+        since = since.tz_convert("UTC").tz_localize(None)
+    return products["product_id"].to_numpy(np.int64)[(listed >= since).to_numpy()]
 
 
 def give_slots(

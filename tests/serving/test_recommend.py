@@ -276,3 +276,35 @@ def test_exposure_slots_list_every_new_good(world, creator_lists: Path, tmp_path
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
     assert run_recommend(cfg, request, out, progress=False, workers=1, expose=new) == manifest
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")} == before
+
+
+def test_expose_since_gives_goods_listed_since_then_their_slots(world, tmp_path) -> None:
+    """`recommend --expose-since T`: the goods listed at or after T are the new goods a
+    daily full run shows (as a refresh shows a delta's); bad times and tables are refused."""
+    data = tmp_path / "data"
+    shutil.copytree(world["data"], data)
+    products = read_table(data, "products")
+    new = world["new"]["product_id"].to_numpy()
+    since = products["listed_at"].max() + pd.Timedelta(days=1)
+    products.loc[products.product_id.isin(new), "listed_at"] = since + pd.Timedelta(hours=3)
+    write_table(products, data, "products")
+    args = ["--k", "10", "--tiers", str(world["tiers"])]
+    out = tmp_path / "lists"
+    result = _recommend({**world, "data": data}, out, *args, "--expose-since", str(since.date()))
+    assert result.exit_code == 0, result.output
+    assert "40 goods listed since" in result.output and "exposure slotted" in result.output
+    success = json.loads((out / "_SUCCESS").read_text())
+    assert success["exposure_goods"]["count"] == 40
+    rows = pd.read_parquet(out)
+    assert rows.product_id.isin(new).any() and rows.reason.str.contains("exposure slot").any()
+    for extra, message in [
+        (["--expose-since", "yesterday-ish"], "--expose-since: 'yesterday-ish' is no time"),
+        (["--expose-since", "2026-12-07", "--direction", "product"], "creator lists"),
+    ]:
+        result = _recommend({**world, "data": data}, tmp_path / "bad", *args, *extra)
+        assert result.exit_code == 1 and message in result.output, result.output
+        assert not (tmp_path / "bad").exists()
+    write_table(products.drop(columns=["listed_at"]), data, "products")
+    result = _recommend({**world, "data": data}, tmp_path / "bad", *args, "--expose-since", "2026")
+    assert result.exit_code == 1 and "listed_at" in result.output, result.output
+    assert not (tmp_path / "bad").exists()

@@ -83,6 +83,10 @@ def test_bench_refresh_end_to_end(tmp_path: Path) -> None:
         assert (updated["flagged_goods_in_lists"] == 0).all(), arm
         assert (updated["seconds"] > 0).all(), arm
     assert (rows.loc[rows["arm"] == "never", "new_goods_listed_same_day"] == 0).all()
+    # the retrain's batch job gives the day's eligible new goods slots, as a refresh does
+    for arm in ("refresh", "retrain"):
+        listed = rows.loc[rows["arm"] == arm, "eligible_listed_same_day"].astype(float)
+        assert (listed == 1.0).all(), (arm, listed.tolist())
     assert out.with_suffix(".png").is_file()
     for arm in ("never", "refresh", "fine-tune", "retrain"):
         assert arm in result.output
