@@ -64,3 +64,21 @@ def test_unknown_creators_are_named(oracle: Oracle) -> None:
 def test_missing_truth_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="truth"):
         Oracle.load(tmp_path)
+
+
+def test_scores_equal_the_choice_model_written_out(oracle: Oracle) -> None:
+    """log P = alpha taste.latent + base + price fit of the creator's band, normalised
+    within each leaf, plus log P(leaf | creator): the one-matmul form gives the same."""
+    creators = oracle.creator_ids[:9]
+    rows = oracle._rows(creators)
+    o = oracle
+    weight = (
+        float(o._alpha) * (o._taste[rows].astype(np.float64) @ o._latent.T.astype(np.float64))
+        + o._base[None, :]
+        + o._price_fit[o._creator_band[rows]]
+    )
+    leaf_term = o.log_leaf_probability(rows)[:, o._leaf_ids]
+    for i, (start, size) in enumerate(zip(o._starts, o._sizes, strict=True)):
+        block = weight[:, start : start + size]
+        block -= logsumexp(block, axis=1, keepdims=True) - leaf_term[:, i : i + 1]
+    np.testing.assert_allclose(o.scores_by_leaf(creators), weight, rtol=1e-4, atol=1e-4)
