@@ -14,7 +14,14 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from models.matching.recommender import Recommender, RecommenderError, dot_columns
+from models.matching.recommender import (
+    Recommender,
+    RecommenderError,
+    check_exclude,
+    dot_columns,
+    in_rows,
+    pad_top,
+)
 
 PRIOR = 1e-6  # weight of the popularity tie-breaker in history-based scores
 
@@ -48,6 +55,39 @@ class PopularityRecommender(Recommender):
         columns = self._columns(columns)
         row = self.popularity[columns]
         return np.broadcast_to(row, (len(creators), len(row))), columns
+
+    def recommend(
+        self,
+        creators: np.ndarray,
+        k: int,
+        exclude: sp.csr_matrix | None = None,
+        candidates: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Every creator ranks the same row, so the row is ranked once: its best k plus as
+        many as any creator excludes, then each creator's own exclusions dropped. No
+        (creators x goods) score matrix: 0.3 s -> 0.02 s a batch of 1,024 creators over
+        200,000 goods. Ties go to the lower position."""
+        self._check_fitted()
+        assert self.popularity is not None
+        creators = np.asarray(creators, dtype=np.int64)
+        check_exclude(exclude, len(creators))
+        columns = self._columns(candidates)
+        row = self.popularity[columns]
+        most = int(np.diff(exclude.indptr).max(initial=0)) if exclude is not None else 0
+        order = np.argsort(-row, kind="stable")[: k + most]
+        shape = (len(creators), len(order))
+        found = np.broadcast_to(columns[order], shape)
+        values = np.broadcast_to(row[order], shape)
+        if exclude is not None and exclude.nnz:
+            banned = in_rows(exclude, found)
+            keep = np.argsort(banned, axis=1, kind="stable")[:, :k]  # allowed first, in order
+            found = np.take_along_axis(found, keep, axis=1)
+            values = np.where(
+                np.take_along_axis(banned, keep, axis=1),
+                -np.inf,
+                np.take_along_axis(values, keep, axis=1),
+            )
+        return pad_top(np.array(found[:, :k]), np.array(values[:, :k], dtype=np.float32), k)
 
     def _save(self, path: Path) -> dict[str, Any]:
         np.save(path / "popularity.npy", self.popularity)

@@ -82,10 +82,7 @@ class Recommender(ABC):
         Rows with fewer than k eligible products are padded with -inf scores.
         """
         creators = np.asarray(creators, dtype=np.int64)
-        if exclude is not None and exclude.shape[0] != len(creators):
-            raise RecommenderError(
-                f"exclude has {exclude.shape[0]} rows for {len(creators)} creators"
-            )
+        check_exclude(exclude, len(creators))
         if candidates is not None:
             candidates = np.asarray(candidates, dtype=np.int64)
         raw, positions = self.score_columns(creators, candidates)
@@ -107,14 +104,8 @@ class Recommender(ABC):
             scores[
                 torch.from_numpy(coo.row[keep].astype(np.int64)), torch.from_numpy(col[keep])
             ] = -np.inf
-        k_eff = min(k, scores.shape[1])
-        top, idx = torch.topk(scores, k_eff, dim=1)  # (n, k)
-        values, found = top.numpy(), np.maximum(positions[idx.numpy()], 0)
-        if k_eff < k:  # a catalog smaller than k: pad
-            pad = k - k_eff
-            found = np.pad(found, ((0, 0), (0, pad)), constant_values=0)
-            values = np.pad(values, ((0, 0), (0, pad)), constant_values=-np.inf)
-        return found, values
+        top, idx = torch.topk(scores, min(k, scores.shape[1]), dim=1)  # (n, k)
+        return pad_top(np.maximum(positions[idx.numpy()], 0), top.numpy(), k)
 
     # --- persistence -------------------------------------------------------------------
 
@@ -200,6 +191,40 @@ class EmbeddingRecommender(Recommender):
             np.load(path / "creator_embeddings.npy", mmap_mode="r"),
             np.load(path / "product_embeddings.npy"),
         )
+
+
+def check_exclude(exclude: sp.csr_matrix | None, n_creators: int) -> None:
+    if exclude is not None and exclude.shape[0] != n_creators:
+        raise RecommenderError(f"exclude has {exclude.shape[0]} rows for {n_creators} creators")
+
+
+def pad_top(found: np.ndarray, values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top lists narrower than k (a catalog smaller than k) padded with -inf scores."""
+    pad = k - found.shape[1]
+    if pad <= 0:
+        return found, values
+    found = np.pad(found, ((0, 0), (0, pad)), constant_values=0)
+    return found, np.pad(values, ((0, 0), (0, pad)), constant_values=-np.inf)
+
+
+def in_rows(matrix: sp.csr_matrix, positions: np.ndarray) -> np.ndarray:
+    """(n, K) bool: is `positions[i, j]` a stored column of row i of `matrix` (n rows)?
+    One sorted search over the rows' (row, column) keys, no dense (n, n_products) mask;
+    negative positions (no good there) are never found."""
+    positions = np.asarray(positions, dtype=np.int64)
+    if matrix.shape[0] != len(positions):
+        raise ValueError(f"matrix has {matrix.shape[0]} rows, positions has {len(positions)}")
+    matrix = matrix.tocsr()
+    if not matrix.has_sorted_indices:
+        matrix = matrix.sorted_indices()
+    width = np.int64(matrix.shape[1])
+    rows = np.repeat(np.arange(len(positions), dtype=np.int64), np.diff(matrix.indptr))
+    keys = rows * width + matrix.indices.astype(np.int64)  # ascending: CSR order
+    if not len(keys):
+        return np.zeros(positions.shape, dtype=bool)
+    wanted = np.arange(len(positions), dtype=np.int64)[:, None] * width + positions
+    at = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+    return (keys[at] == wanted) & (positions >= 0)
 
 
 def dot_columns(

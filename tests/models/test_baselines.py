@@ -21,6 +21,28 @@ class TestPopularity(RecommenderContract):
         positions, _ = PopularityRecommender().fit(train).recommend(np.array([0]), 1)
         assert positions[0, 0] == 1
 
+    @pytest.mark.parametrize("with_candidates", [False, True])
+    def test_ranking_the_row_once_equals_ranking_every_creator(self, with_candidates) -> None:
+        """The fast path (one ranked row, exclusions dropped per creator) returns what the
+        general path (a score per creator and good, masked, top-k) returns, including
+        creators whose exclusions leave fewer than k goods (-inf padding)."""
+        rng = np.random.default_rng(3)
+        n_products = 60
+        model = PopularityRecommender()
+        model.popularity = rng.permutation(n_products).astype(np.float32)  # no ties
+        model.n_products = n_products
+        exclude = sp.random(8, n_products, density=0.3, random_state=4, format="csr")
+        exclude[7] = 1.0  # one creator has seen every good
+        candidates = rng.choice(n_products, 25, replace=False) if with_candidates else None
+        for k in (5, 30):
+            fast = model.recommend(np.arange(8), k, exclude=exclude, candidates=candidates)
+            general = Recommender.recommend(model, np.arange(8), k, exclude, candidates)
+            finite = np.isfinite(general[1])
+            np.testing.assert_array_equal(np.isfinite(fast[1]), finite)
+            np.testing.assert_array_equal(fast[0][finite], general[0][finite])
+            np.testing.assert_array_equal(fast[1][finite], general[1][finite])
+        assert not np.isfinite(fast[1][7]).any()
+
 
 class TestALS(RecommenderContract):
     def make(self) -> Recommender:

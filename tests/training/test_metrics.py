@@ -57,3 +57,23 @@ def test_coverage() -> None:
 def test_shape_mismatch_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="rows"):
         hits(RECOMMENDED[:1], TRUTH)
+
+
+def test_hits_equal_a_dense_lookup() -> None:
+    """The sorted-key search finds exactly the truth's goods, in unsorted CSR rows too."""
+    rng = np.random.default_rng(0)
+    truth = sp.random(50, 300, density=0.05, random_state=1, format="csr")
+    truth.indices = truth.indices.copy()
+    truth.data[:] = 1.0
+    shuffled = truth.copy()
+    for row in range(50):  # the same matrix with each row's columns out of order
+        lo, hi = shuffled.indptr[row], shuffled.indptr[row + 1]
+        shuffled.indices[lo:hi] = shuffled.indices[lo:hi][::-1]
+    shuffled.has_sorted_indices = False
+    recommended = rng.integers(-1, 300, size=(50, 40))
+    dense = truth.toarray() > 0
+    expected = np.where(
+        recommended >= 0, dense[np.arange(50)[:, None], np.maximum(recommended, 0)], False
+    )
+    np.testing.assert_array_equal(hits(recommended, truth), expected)
+    np.testing.assert_array_equal(hits(recommended, shuffled), expected)

@@ -17,11 +17,11 @@ from features.matching_data import Interactions
 from models.matching.recommender import Recommender
 from training.evaluation.ranking_metrics import (
     category_coverage_at_k,
-    hit_rate_at_k,
+    hit_rate_of_hits,
     hits,
     item_coverage_at_k,
-    ndcg_at_k,
-    recall_at_k,
+    ndcg_of_hits,
+    recall_of_hits,
     truth_counts,
 )
 
@@ -93,11 +93,13 @@ def evaluate(
     recommended = top_k(model, task, max_k, batch)
     truth = task.truth[task.creators]
     catalog = len(task.candidates) if task.candidates is not None else task.truth.shape[1]
+    found, counts = hits(recommended, truth), truth_counts(truth)
     metrics: dict[str, float] = {}
     for k in sorted(ks):
-        metrics[f"recall@{k}"] = float(recall_at_k(recommended, truth, k).mean())
-        metrics[f"ndcg@{k}"] = float(ndcg_at_k(recommended, truth, k).mean())
-        metrics[f"hit_rate@{k}"] = float(hit_rate_at_k(recommended, truth, k).mean())
+        h = found[:, :k]
+        metrics[f"recall@{k}"] = float(recall_of_hits(h, counts).mean())
+        metrics[f"ndcg@{k}"] = float(ndcg_of_hits(h, counts).mean())
+        metrics[f"hit_rate@{k}"] = float(hit_rate_of_hits(h).mean())
         metrics[f"coverage@{k}"] = item_coverage_at_k(recommended, k, catalog)
         if categories is not None:
             pool = categories if task.candidates is None else categories[task.candidates]
@@ -105,7 +107,5 @@ def evaluate(
             metrics[f"category_coverage@{k}"] = category_coverage_at_k(
                 recommended, k, categories, n_cats
             )
-    curve = (
-        np.cumsum(hits(recommended, truth), axis=1) / np.maximum(truth_counts(truth), 1)[:, None]
-    )
+    curve = np.cumsum(found, axis=1) / np.maximum(counts, 1)[:, None]
     return EvalResult(metrics, curve.mean(axis=0))

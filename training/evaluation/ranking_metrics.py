@@ -17,41 +17,52 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from models.matching.recommender import in_rows
+
 
 def hits(recommended: np.ndarray, truth: sp.csr_matrix) -> np.ndarray:
     """(n, K) bool: is recommended[i, r] in creator i's truth (-1 = no product there)."""
     recommended = np.asarray(recommended, dtype=np.int64)
-    n, width = recommended.shape
-    if truth.shape[0] != n:
-        raise ValueError(f"truth has {truth.shape[0]} rows, recommended has {n}")
-    truth = truth.tocsr()
-    n_products = truth.shape[1]
-    truth_rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(truth.indptr))
-    truth_keys = truth_rows * n_products + truth.indices.astype(np.int64)
-    rec_keys = np.arange(n, dtype=np.int64)[:, None] * n_products + recommended  # (n, K)
-    return np.isin(rec_keys, truth_keys).reshape(n, width) & (recommended >= 0)
+    if truth.shape[0] != len(recommended):
+        raise ValueError(f"truth has {truth.shape[0]} rows, recommended has {len(recommended)}")
+    return in_rows(truth, recommended)
 
 
 def truth_counts(truth: sp.csr_matrix) -> np.ndarray:
     return np.diff(truth.tocsr().indptr)
 
 
-def recall_at_k(recommended: np.ndarray, truth: sp.csr_matrix, k: int) -> np.ndarray:
-    h = hits(recommended[:, :k], truth).sum(axis=1)
-    return h / np.maximum(truth_counts(truth), 1)
+# Each metric of a (n, k) hit matrix: evaluation finds the hits once for the largest k and
+# slices them for the others.
 
 
-def ndcg_at_k(recommended: np.ndarray, truth: sp.csr_matrix, k: int) -> np.ndarray:
-    h = hits(recommended[:, :k], truth)
-    discounts = 1.0 / np.log2(np.arange(2, h.shape[1] + 2))  # rank 1 -> 1/log2(2)
+def recall_of_hits(h: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    return h.sum(axis=1) / np.maximum(counts, 1)
+
+
+def ndcg_of_hits(h: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    k = h.shape[1]
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))  # rank 1 -> 1/log2(2)
     dcg = (h * discounts).sum(axis=1)
-    ideal_n = np.minimum(truth_counts(truth), k)
-    ideal = np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(2, k + 2)))])[ideal_n]
+    ideal_n = np.minimum(counts, k)
+    ideal = np.concatenate([[0.0], np.cumsum(discounts)])[ideal_n]
     return np.where(ideal > 0, dcg / np.where(ideal > 0, ideal, 1.0), 0.0)
 
 
+def hit_rate_of_hits(h: np.ndarray) -> np.ndarray:
+    return h.any(axis=1).astype(np.float64)
+
+
+def recall_at_k(recommended: np.ndarray, truth: sp.csr_matrix, k: int) -> np.ndarray:
+    return recall_of_hits(hits(recommended[:, :k], truth), truth_counts(truth))
+
+
+def ndcg_at_k(recommended: np.ndarray, truth: sp.csr_matrix, k: int) -> np.ndarray:
+    return ndcg_of_hits(hits(recommended[:, :k], truth), truth_counts(truth))
+
+
 def hit_rate_at_k(recommended: np.ndarray, truth: sp.csr_matrix, k: int) -> np.ndarray:
-    return hits(recommended[:, :k], truth).any(axis=1).astype(np.float64)
+    return hit_rate_of_hits(hits(recommended[:, :k], truth))
 
 
 def item_coverage_at_k(recommended: np.ndarray, k: int, n_products: int) -> float:
