@@ -148,6 +148,29 @@ def test_creators_for_products(world) -> None:
     assert not any(set(kept[i]) & set(ids[i, :3]) for i in range(20))
     with pytest.raises(RetrievalError, match="creator_ids"):
         creators_for_products(index, queries, 10, exclude=exclude)
+
+
+def test_creators_for_goods_with_few_and_many_promoters(world) -> None:
+    """Goods fetched at different depths (0, 3, 60 or every creator already promoting
+    them) each get the exact top-k of the creators left, -1 where none is left."""
+    goods, creators, _, _, _ = world
+    n = len(creators)
+    creator_ids = np.arange(n, dtype=np.int64) + 500
+    index = EmbeddingIndex.build(creators, creator_ids, IndexConfig(kind="flat", threads=1))
+    queries = goods[:8]
+    ranked = np.argsort(-(queries @ creators.T), axis=1)
+    promoters = [0, 3, 60, 0, n, 3, 60, 1]
+    rows = np.concatenate([np.full(c, i) for i, c in enumerate(promoters)])
+    cols = np.concatenate([ranked[i, :c] for i, c in enumerate(promoters)])
+    exclude = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(8, n))
+    ids, scores = creators_for_products(
+        index, queries, 10, exclude=exclude, creator_ids=creator_ids
+    )
+    for i, c in enumerate(promoters):
+        expected = creator_ids[ranked[i, c : c + 10]]
+        assert ids[i, : len(expected)].tolist() == expected.tolist()
+        assert (ids[i, len(expected) :] == -1).all()
+        assert np.isinf(scores[i, len(expected) :]).all()
     with pytest.raises(RetrievalError, match="exceeds"):
         creators_for_products(index, queries, len(creators) + 1)
     with pytest.raises(DimensionMismatchError):
