@@ -46,6 +46,14 @@ class RegistryConfig(StrictModel):
     )
 
 
+class SideFeatureSchedule(StrictModel):
+    """What replaces the training schedule on data with side features (the platform's own
+    tables, not an ID-only log); None keeps the general setting."""
+
+    patience: int | None = Field(None, ge=0)
+    refit_warm_epochs: int | None = Field(None, ge=0)
+
+
 class MatchingConfig(StrictModel):
     """Two-tower matching, its baselines and evaluation protocols (`haowu train-matching`)."""
 
@@ -149,6 +157,7 @@ class MatchingConfig(StrictModel):
     refit_warm_lr_scale: float = Field(
         1.0, gt=0, le=1, description="warm refit: the learning rates times this"
     )
+    with_side_features: SideFeatureSchedule = Field(default_factory=SideFeatureSchedule)
     # evaluation
     eval_k: list[int] = Field(default=[10, 20, 50, 100])
     early_stop_k: int = Field(50, gt=0)
@@ -193,6 +202,13 @@ class MatchingConfig(StrictModel):
         if not self.val_creators:
             return 0
         return max(self.val_creators, self.val_scores // max(n_products, 1))
+
+    def for_data(self, side_features: bool) -> MatchingConfig:
+        """These settings for data with or without side features (`with_side_features`)."""
+        if not side_features:
+            return self
+        update = self.with_side_features.model_dump(exclude_none=True)
+        return self.model_copy(update=update) if update else self
 
     @model_validator(mode="after")
     def _negatives_exist(self) -> MatchingConfig:

@@ -79,3 +79,17 @@ def test_validation_sample_grows_on_small_catalogs_only() -> None:
     assert cfg.val_sample(12_101) == 66_110  # Beauty: more than its 22,363 creators = all
     assert MatchingConfig(val_creators=0).val_sample(12_101) == 0  # 0 stays "all"
     assert MatchingConfig(val_creators=500, val_scores=0).val_sample(100) == 500
+
+
+def test_side_feature_schedule_applies_to_data_with_side_features_only() -> None:
+    """`with_side_features` replaces patience and the refit for data with side features;
+    an ID-only log keeps the general settings; a nested override reaches it."""
+    cfg = load_settings("small").matching
+    side = cfg.for_data(side_features=True)
+    assert (side.patience, side.refit_warm_epochs) == (0, 1)
+    assert cfg.for_data(side_features=False) == cfg
+    assert (cfg.patience, cfg.refit_warm_epochs) == (1, 0)
+    kept = load_settings("small", overrides=["matching.with_side_features.patience=3"])
+    assert kept.matching.for_data(side_features=True).patience == 3
+    with pytest.raises(ConfigError, match="with_side_features"):
+        load_settings("small", overrides=["matching.with_side_features.lr=0.1"])

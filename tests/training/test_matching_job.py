@@ -191,3 +191,19 @@ def test_bad_input_is_refused_before_anything_is_written(
     with pytest.raises(ContractError, match=message):
         run(load_settings("tiny", overrides=TINY), data, out, progress=False)
     assert not out.exists() and not list(tmp_path.glob(".run.*"))
+
+
+def test_the_job_trains_side_feature_data_on_its_schedule(tiny_data: Path) -> None:
+    """The platform's tables have side features: the job takes `with_side_features`; the
+    same pairs as an ID-only log keep the general patience and refit."""
+    from training.matching.job import MatchingJob
+
+    cfg = load_settings("tiny", overrides=TINY)
+    job = MatchingJob(cfg, tiny_data, None, progress=False, with_oracle=False)
+    assert (job.mcfg.patience, job.mcfg.refit_warm_epochs) == (0, 1)
+    id_only = MatchingJob.from_interactions(cfg, job.inter)
+    assert id_only.mcfg == cfg.matching
+    assert (id_only.mcfg.patience, id_only.mcfg.refit_warm_epochs) == (
+        cfg.matching.patience,
+        cfg.matching.refit_warm_epochs,
+    )

@@ -126,13 +126,15 @@ class MatchingJob:
         progress: bool,
         with_oracle: bool = True,
     ) -> None:
-        self.cfg, self.mcfg = cfg, cfg.matching
+        self.cfg = cfg
         self.data_dir, self.progress = Path(data_dir), progress
         self.inter: Interactions = load_interactions(self.data_dir)
         self.tiers = read_tiers(tiers)
         self.tiers_ref = str(open_tier_run(tiers).root.resolve()) if tiers is not None else None
         self.creator_frame = creator_frame(self.data_dir, self.inter.creators)
         self.product_frame = product_frame(self.data_dir, self.inter.products, self.tiers)
+        side = side_columns(self.creator_frame, self.product_frame)
+        self.mcfg = cfg.matching.for_data(side_features=any(side.values()))
         leaf = self.product_frame.get("category_l3")
         self.categories = (
             pd.to_numeric(leaf, errors="coerce").fillna(-1).to_numpy(np.int64)
@@ -403,11 +405,11 @@ def run(
 
     if validate:
         validate_tables(Path(data_dir), INPUT_TABLES)
-    mcfg = cfg.matching
-    torch.set_num_threads(mcfg.threads)
+    torch.set_num_threads(cfg.matching.threads)
     started = time.perf_counter()
     ensure_empty_output(Path(out), overwrite)
     job = MatchingJob(cfg, data_dir, tiers, progress)
+    mcfg = job.mcfg  # the schedule for this data (`with_side_features`)
     if cfg.tuned_on is not None:  # a `haowu tune` YAML: only for data with its columns
         check_tuned_on(
             cfg.tuned_on,
