@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -227,6 +230,31 @@ def in_rows(matrix: sp.csr_matrix, positions: np.ndarray) -> np.ndarray:
     return (keys[at] == wanted) & (positions >= 0)
 
 
+_SCORES: ContextVar[list[torch.Tensor] | None] = ContextVar("haowu_scores", default=None)
+
+
+@contextmanager
+def reused_scores() -> Iterator[None]:
+    """Within it, factor models score each batch into one kept (batch x goods) buffer: a
+    fresh one (800 MB for 1,024 creators x 200,000 goods) is faulted into memory and
+    unmapped again every batch, about 40% of a batch's time. Only for a caller that is
+    done with a batch's scores before it asks for the next (evaluation's top-k)."""
+    token = _SCORES.set([])
+    try:
+        yield
+    finally:
+        _SCORES.reset(token)
+
+
+def _scores_out(rows: int, columns: int) -> torch.Tensor | None:
+    held = _SCORES.get()
+    if held is None:
+        return None
+    if not held or held[0].numel() < rows * columns:
+        held[:] = [torch.empty(rows * columns)]
+    return held[0][: rows * columns].view(rows, columns)
+
+
 def dot_columns(
     creator_vectors: np.ndarray, product_vectors: np.ndarray, columns: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -237,4 +265,6 @@ def dot_columns(
         product_vectors = product_vectors[columns]
     u = torch.from_numpy(np.ascontiguousarray(creator_vectors, dtype=np.float32))
     v = torch.from_numpy(np.ascontiguousarray(product_vectors, dtype=np.float32))
-    return (u @ v.T).numpy(), np.asarray(columns, dtype=np.int64)
+    out = _scores_out(len(u), len(v))
+    scores = u @ v.T if out is None else torch.mm(u, v.T, out=out)
+    return scores.numpy(), np.asarray(columns, dtype=np.int64)

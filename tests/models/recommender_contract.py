@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from models.matching.recommender import Recommender, RecommenderError
+from models.matching.recommender import Recommender, RecommenderError, reused_scores
 
 N_CREATORS, N_PRODUCTS = 60, 40
 
@@ -59,6 +59,19 @@ class RecommenderContract:
         seen = train.toarray().astype(bool)
         finite = np.isfinite(scores)
         assert not seen[creators[:, None], positions][finite].any()
+
+    def test_reused_score_buffer_changes_no_list(self, fitted) -> None:
+        """Batches of 30, 10 and 50 creators ranked inside `reused_scores` (one kept buffer,
+        grown when a batch is larger) get the lists they get outside it."""
+        model, train = fitted
+        batches = (np.arange(30), np.arange(30, 40), np.arange(5, 55))
+        expected = [model.recommend(rows, 7, exclude=train[rows]) for rows in batches]
+        with reused_scores():
+            for rows, (positions, scores) in zip(batches, expected, strict=True):
+                model.recommend(rows[::-1], 7)  # leaves other scores in the buffer
+                got = model.recommend(rows, 7, exclude=train[rows])
+                np.testing.assert_array_equal(got[0], positions)
+                np.testing.assert_array_equal(got[1], scores)
 
     def test_candidates_restrict_ranking(self, fitted) -> None:
         model, _ = fitted

@@ -14,7 +14,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from features.matching_data import Interactions
-from models.matching.recommender import Recommender
+from models.matching.recommender import Recommender, reused_scores
 from training.evaluation.ranking_metrics import (
     category_coverage_at_k,
     hit_rate_of_hits,
@@ -70,12 +70,14 @@ def make_task(
 def top_k(model: Recommender, task: EvalTask, k: int, batch: int = 1024) -> np.ndarray:
     """(n, k) ranked product positions for the task's creators (-1 where none is left)."""
     out = []
-    for start in range(0, len(task.creators), batch):
-        chunk = task.creators[start : start + batch]
-        exclude = task.exclude[chunk] if task.exclude is not None else None
-        positions, scores = model.recommend(chunk, k, exclude=exclude, candidates=task.candidates)
-        positions = np.where(np.isfinite(scores), positions, -1)
-        out.append(positions)
+    with reused_scores():  # each batch is ranked before the next is scored
+        for start in range(0, len(task.creators), batch):
+            chunk = task.creators[start : start + batch]
+            exclude = task.exclude[chunk] if task.exclude is not None else None
+            positions, scores = model.recommend(
+                chunk, k, exclude=exclude, candidates=task.candidates
+            )
+            out.append(np.where(np.isfinite(scores), positions, -1))
     return np.concatenate(out) if out else np.empty((0, k), dtype=np.int64)
 
 
