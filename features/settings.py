@@ -309,6 +309,7 @@ class IndexConfig(StrictModel):
     hnsw_ef_search: int = Field(64, gt=0)
     pq_dims_per_code: int = Field(1, gt=0)
     refine_k_factor: float = Field(2.0, ge=1)
+    max_refine_k_factor: float = Field(8.0, ge=1)
     default_nprobe: int = Field(16, gt=0)
     target_recall: float = Field(0.95, gt=0, le=1)
     tune_margin: float = Field(0.01, ge=0, lt=1)

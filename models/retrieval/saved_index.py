@@ -72,9 +72,6 @@ def model_index(
 def _build_tuned(
     ids: np.ndarray, vectors: np.ndarray, queries: np.ndarray, cfg: IndexConfig, stamp: str
 ) -> EmbeddingIndex:
-    index = EmbeddingIndex.build(vectors, ids, cfg)
+    index = EmbeddingIndex.build_tuned(vectors, ids, cfg, queries)
     index.params["source"] = stamp
-    if index.kind != "flat" and len(queries):
-        target = min(1.0, cfg.target_recall + cfg.tune_margin)
-        index.tune(np.asarray(queries, np.float32), target, min(cfg.tune_k, len(index)))
     return index

@@ -168,20 +168,21 @@ class CreatorsShards:
 
 # ------------------------------------------------------------------ the world
 def _build(
-    name: str, vectors: np.ndarray, tune_queries: np.ndarray, cfg: Settings, k: int, folder: Path
+    name: str, vectors: np.ndarray, tune_queries: np.ndarray, cfg: Settings, folder: Path
 ) -> dict[str, Any]:
     start = time.perf_counter()
-    index = EmbeddingIndex.build(vectors, np.arange(len(vectors), dtype=np.int64), cfg.index)
-    built = time.perf_counter() - start
-    record = index.tune(tune_queries, cfg.index.target_recall + cfg.index.tune_margin, k)
+    ids = np.arange(len(vectors), dtype=np.int64)
+    index = EmbeddingIndex.build_tuned(vectors, ids, cfg.index, tune_queries)
+    seconds = time.perf_counter() - start
     index.save(folder, name)
+    record = index.params.get("tune", {})
     return {
         f"{name}_index.kind": index.kind,
-        f"{name}_index.nprobe": record.nprobe,
-        f"{name}_index.k_factor": record.k_factor,
-        f"{name}_index.tune_recall@{k}": record.recall,
-        f"{name}_index.build_s": round(built, 1),
-        f"{name}_index.tune_s": round(time.perf_counter() - start - built, 1),
+        f"{name}_index.kind_reason": index.params.get("kind_reason", "auto by size"),
+        f"{name}_index.nprobe": record.get("nprobe"),
+        f"{name}_index.k_factor": record.get("k_factor"),
+        f"{name}_index.tune_recall@{record.get('k')}": record.get("recall"),
+        f"{name}_index.build_and_tune_s": round(seconds, 1),
     }
 
 
@@ -226,9 +227,8 @@ def prepare_world(cfg: Settings, folder: Path, directions: tuple[str, ...], k: i
         if direction in directions and name not in meta["built"]:
             gc.collect()
             vectors = np.load(folder / items)
-            tune_k = min(k, len(vectors))
             meta["built"][name] = _build(
-                name, vectors, queries(cfg.index.tune_queries), cfg, tune_k, folder
+                name, vectors, queries(cfg.index.tune_queries), cfg, folder
             )
             del vectors
         meta_path.write_text(json.dumps(meta, indent=2))

@@ -102,11 +102,8 @@ def _check(update: IndexUpdate, side: Side, queries: np.ndarray, cfg: Settings) 
     old = update.index
     members = old.ids
     vectors = np.asarray(side.vectors[side.ids.positions(members)], np.float32)
-    index = EmbeddingIndex.build(vectors, members, cfg.index)
+    index = EmbeddingIndex.build_tuned(vectors, members, cfg.index, queries)
     index.params["source"] = old.params.get("source")  # loaded as the model's saved index
-    if index.kind != "flat":
-        target = min(1.0, cfg.index.target_recall + cfg.index.tune_margin)
-        index.tune(queries, target, min(cfg.index.tune_k, len(index)))
     update.index, update.rebuilt, update.rebuild_reason = index, True, "; ".join(reasons)
     update.recall, update.imbalance = _probe(index, queries, cfg.refresh.probe_k), _imbalance(index)
     log.info("rebuilt the %s index: %s", update.name, update.rebuild_reason)

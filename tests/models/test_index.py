@@ -268,3 +268,74 @@ def test_bench_index_command_on_tiny(tmp_path: Path) -> None:
         assert m[f"{side}.nprobe"] < m[f"{side}.nlist"] and m[f"{side}.build_cpu_s"] > 0
     assert m["policy.full_lists_share"] == 1.0 and 0 < m["policy.share_of_query_time"] < 1
     assert m["products.items"] == load_settings("tiny").data.n_products
+
+
+@pytest.mark.parametrize("kind", ["ivf_flat", "ivf_sq8"])
+def test_search_by_nearest_list_equals_faiss_order(kind, items, queries) -> None:
+    """Queries are taken in order of their nearest list for speed: every row must be the
+    one FAISS gives for the queries in their own order, removed items still left out."""
+    import faiss
+
+    vectors, ids = items
+    index = EmbeddingIndex.build(vectors, ids, _cfg(kind))
+    index.params["nprobe"] = 4
+    index.remove(ids[::5])
+    found, scores = index.search(queries, 30)
+    padded = np.pad(queries, ((0, 0), (0, index._index.d - DIM)))
+    params = faiss.SearchParametersIVF(nprobe=4)
+    want_scores, want_labels = index._index.search(padded, 30, params=params)
+    want_ids, want = index._to_ids(want_scores, want_labels)
+    np.testing.assert_array_equal(found, want_ids)
+    np.testing.assert_array_equal(scores, want)
+    assert not np.isin(found, ids[::5]).any()
+    # one list probed: rows run short, padded with -1 in the query's own row
+    index.params["nprobe"] = 1
+    short, _ = index.search(queries, 400)
+    base_scores, base_labels = index._index.search(
+        padded, 400, params=faiss.SearchParametersIVF(nprobe=1)
+    )
+    np.testing.assert_array_equal(short, index._to_ids(base_scores, base_labels)[0])
+    assert (short == -1).any()
+
+
+def _unit_tight(n: int, seed: int, spread: float = 0.1) -> np.ndarray:
+    """Unit vectors packed around 8 directions: scores of a query's top k lie closer
+    together than 4-bit PQ codes can tell apart (creator vectors at scale)."""
+    rng = np.random.default_rng(seed)
+    middle = np.random.default_rng(5).standard_normal((8, DIM))
+    middle /= np.linalg.norm(middle, axis=1, keepdims=True)
+    x = middle[rng.integers(0, 8, n)] + spread * rng.standard_normal((n, DIM))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_pq_needing_a_deep_rerank_is_rebuilt_as_ivf_flat(tmp_path: Path) -> None:
+    vectors, queries = _unit_tight(20000, seed=1), _unit_tight(400, seed=2) * 1.3
+    cfg = _cfg("auto", flat_max_items=1000, ivf_flat_max_items=10000, tune_k=20)
+    assert choose_kind(len(vectors), cfg) == "ivf_pq_refine"
+    pq = EmbeddingIndex.build(vectors, np.arange(20000), cfg)
+    assert pq.tune(queries[:150], 0.96, 20).k_factor > cfg.max_refine_k_factor
+
+    index = EmbeddingIndex.build_tuned(vectors, np.arange(20000), cfg, queries[:150])
+    assert index.kind == "ivf_flat"
+    assert "ivf_pq_refine needed a 32x re-rank" in index.params["kind_reason"]
+    found, _ = index.search(queries[150:], 20)
+    assert ann_recall(found, _brute_force(vectors, np.arange(20000), queries[150:], 20)) >= 0.95
+    index.save(tmp_path, "creators")
+    assert (
+        EmbeddingIndex.load(tmp_path, "creators").params["kind_reason"]
+        == index.params["kind_reason"]
+    )
+    # a looser bound keeps the PQ index
+    kept = EmbeddingIndex.build_tuned(
+        vectors, np.arange(20000), cfg.model_copy(update={"max_refine_k_factor": 32.0}),
+        queries[:150],
+    )  # fmt: skip
+    assert kept.kind == "ivf_pq_refine" and "kind_reason" not in kept.params
+
+
+def test_pq_with_a_shallow_rerank_stays_pq(items, queries) -> None:
+    vectors, ids = items
+    cfg = _cfg("auto", flat_max_items=1000, ivf_flat_max_items=2000, tune_k=20)
+    index = EmbeddingIndex.build_tuned(vectors, ids, cfg, queries[:150])
+    assert index.kind == "ivf_pq_refine"
+    assert index.params["tune"]["k_factor"] <= cfg.max_refine_k_factor
