@@ -251,7 +251,8 @@ class EmbeddingIndex:
         probe the same lists run one after another while those lists are in cache (the
         same results; 100,000 product queries over 3.5M creators: 7,567 -> 11,167 q/s)."""
         ivf = ivf_of(self._index)
-        dist, cells = ivf.quantizer.search(queries, int(params.nprobe))
+        params.nprobe = min(int(params.nprobe), int(ivf.nlist))  # the width of `cells`
+        dist, cells = ivf.quantizer.search(queries, params.nprobe)
         order = np.argsort(cells[:, 0], kind="stable")
         x, cells, dist = (np.ascontiguousarray(a[order]) for a in (queries, cells, dist))
         n = len(x)

@@ -339,3 +339,11 @@ def test_pq_with_a_shallow_rerank_stays_pq(items, queries) -> None:
     index = EmbeddingIndex.build_tuned(vectors, ids, cfg, queries[:150])
     assert index.kind == "ivf_pq_refine"
     assert index.params["tune"]["k_factor"] <= cfg.max_refine_k_factor
+
+
+def test_search_with_nprobe_past_nlist_probes_every_list(items, queries) -> None:
+    vectors, ids = items
+    index = EmbeddingIndex.build(vectors, ids, _cfg("ivf_flat"))
+    index.params["nprobe"] = 10_000  # more lists than there are: every list, exact
+    np.testing.assert_array_equal(index.search(queries, 10)[0], index.exact(queries, 10)[0])
+    assert index.search(queries[:0], 10)[0].shape == (0, 10)
