@@ -481,7 +481,11 @@ def recommend(
     engine: Annotated[str | None, typer.Option(help="local | ray (default: batch.engine)")] = None,
     workers: Annotated[int | None, typer.Option(help="processes / actors (batch.workers)")] = None,
     shard_size: Annotated[
-        int | None, typer.Option(help="queries per part file (default: batch.shard_size)")
+        int | None,
+        typer.Option(
+            help="queries per part file (default: batch.shard_size; product lists "
+            "batch.product_shard_size)"
+        ),
     ] = None,
     expose_since: Annotated[
         str | None,

@@ -441,12 +441,20 @@ class BatchConfig(StrictModel):
     """The batch job's runner (serving/batch/shards.py): parts, engine and parallelism."""
 
     shard_size: int = Field(5_000, gt=0, description="queries per part-NNNNN.parquet")
+    product_shard_size: int = Field(
+        100_000, gt=0, description="the same for product lists (creators for each good)"
+    )
     engine: Literal["local", "ray"] = "local"
     workers: int = Field(2, gt=0, description="processes (local) or actors (ray)")
     cores: int = Field(
         0, ge=0, description="cores split among workers; 0: all this process may use"
     )
     bench: BatchBenchParams = BatchBenchParams()
+
+    def shard_size_for(self, direction: str) -> int:
+        """Queries per part: product lists take larger parts, since the creators index
+        answers a call faster when many of its queries share lists (models/retrieval/index.py)."""
+        return self.product_shard_size if direction == "product" else self.shard_size
 
 
 class FineTuneConfig(StrictModel):

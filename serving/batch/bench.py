@@ -277,7 +277,7 @@ def bench_direction(
         n_queries,
         factory,
         out,
-        shard_size=cfg.batch.shard_size,
+        shard_size=cfg.batch.shard_size_for(direction),
         manifest=manifest,
         force=True,
         engine=engine,
@@ -336,7 +336,7 @@ def run(
     metrics: dict[str, Any] = {
         "preset": cfg.data.preset,
         "k": k,
-        "shard_size": cfg.batch.shard_size,
+        **{f"{d}.shard_size": cfg.batch.shard_size_for(d) for d in directions},
         "load_avg_1m_start": round(psutil.getloadavg()[0], 2),
     }
     metrics.update(prepare_world(cfg, folder, directions, k))

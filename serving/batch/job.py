@@ -236,7 +236,7 @@ def run(
         n_queries,
         factory,
         Path(out),
-        shard_size=shard_size or cfg.batch.shard_size,
+        shard_size=shard_size or cfg.batch.shard_size_for(direction),
         manifest=manifest,
         force=overwrite,
         engine=engine,  # type: ignore[arg-type]

@@ -93,3 +93,11 @@ def test_side_feature_schedule_applies_to_data_with_side_features_only() -> None
     assert kept.matching.for_data(side_features=True).patience == 3
     with pytest.raises(ConfigError, match="with_side_features"):
         load_settings("small", overrides=["matching.with_side_features.lr=0.1"])
+
+
+def test_product_lists_take_their_own_shard_size() -> None:
+    cfg = load_settings("small", overrides=["batch.shard_size=700"])
+    assert cfg.batch.shard_size_for("creator") == 700
+    assert cfg.batch.shard_size_for("product") == cfg.batch.product_shard_size == 100_000
+    other = load_settings("small", overrides=["batch.product_shard_size=300"])
+    assert other.batch.shard_size_for("product") == 300
