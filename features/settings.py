@@ -51,6 +51,7 @@ class SideFeatureSchedule(StrictModel):
     tables, not an ID-only log); None keeps the general setting."""
 
     patience: int | None = Field(None, ge=0)
+    min_gain: float | None = Field(None, ge=0)
     refit_warm_epochs: int | None = Field(None, ge=0)
 
 
@@ -128,6 +129,9 @@ class MatchingConfig(StrictModel):
     batch_size: int = Field(2048, gt=1)
     epochs: int = Field(20, gt=0)
     patience: int = Field(2, ge=0, description="epochs without val improvement before stopping")
+    min_gain: float = Field(
+        0.0, ge=0, lt=1, description="a val gain below this counts as no improvement for patience"
+    )
     logq: bool = True
     extra_negatives: int = Field(0, ge=0, description="uniformly sampled negatives per batch")
     loss: Literal["softmax", "cosine_contrastive"] = Field(

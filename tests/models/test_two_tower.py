@@ -22,6 +22,7 @@ from tests.models.recommender_contract import (
     RecommenderContract,
     contract_matrix,
 )
+from training.evaluation.evaluate import EvalTask, evaluate
 from training.matching.two_tower_fit import TwoTowerTrainer
 
 
@@ -254,6 +255,21 @@ def test_early_stopping_keeps_the_best_epoch() -> None:
     recalls = [h["val_recall"] for h in model.history]
     assert model.best_epoch == int(np.argmax(recalls)) + 1
     assert len(model.history) <= 6
+
+
+def test_a_gain_below_min_gain_stops_training_but_keeps_the_better_model() -> None:
+    """Any epoch-2 gain is below 0.9: training stops there, and keeps epoch 2's model if
+    it was the better one (the gain was too small to go on for, not to keep)."""
+    creators, products = _frames()
+    train = contract_matrix(0)
+    val = (contract_matrix(1) - train.multiply(contract_matrix(1))).tocsr()
+    cfg = _tiny_cfg(epochs=6, patience=0, early_stop_k=5, min_gain=0.9)
+    model = TwoTowerTrainer(cfg, creators, products, progress=False).fit(train, val)
+    recalls = [h["val_recall"] for h in model.history]
+    assert len(recalls) == 2
+    assert model.best_epoch == int(np.argmax(recalls)) + 1
+    kept = evaluate(model.export(), EvalTask("val", np.flatnonzero(val.getnnz(1)), val, train), [5])
+    assert kept.metrics["recall@5"] == pytest.approx(max(recalls), abs=1e-6)
 
 
 def test_an_id_only_creator_tower_reads_its_history_instead_of_its_id() -> None:

@@ -360,14 +360,18 @@ class TwoTowerTrainer(TwoTowerRecommender):
             if val_task is None:
                 self.best_epoch = epoch
                 continue
-            if record["val_recall"] > best_recall:
-                best_recall, stale, self.best_epoch = record["val_recall"], 0, epoch
+            gain = record["val_recall"] - best_recall
+            if gain > 0:  # the best model is kept even when its gain is too small to go on
+                best_recall, self.best_epoch = record["val_recall"], epoch
                 best_state = copy.deepcopy(model.state_dict())
-            else:
-                stale += 1
-                if stale > cfg.patience:
-                    log.info("early stop: no better val recall for %d epoch(s)", stale)
-                    break
+            stale = 0 if gain > 0 and gain >= cfg.min_gain else stale + 1
+            if stale > cfg.patience:
+                log.info(
+                    "early stop: no val recall gain of %g or more for %d epoch(s)",
+                    cfg.min_gain,
+                    stale,
+                )
+                break
         if best_state is not None:
             model.load_state_dict(best_state)
         self.seconds_per_epoch = (time.perf_counter() - started) / max(len(self.history), 1)
