@@ -478,6 +478,9 @@ class FineTuneConfig(StrictModel):
     min_new_pairs: int = Field(
         100, gt=0, description="fewer new pairs than this: nothing to learn from, refused"
     )
+    carry_optimizer: bool = Field(
+        True, description="go on with the champion's optimiser state (when it saved one)"
+    )
 
 
 class RefreshBenchParams(StrictModel):

@@ -25,6 +25,7 @@ from models.matching.recommender import EmbeddingRecommender, Recommender, Recom
 from models.matching.two_tower import HistoryBatch, TowerSpec, TwoTower, TwoTowerConfig
 
 EMBED_BATCH = 65536
+OPTIMIZER_STATE = "optimizer.pt"
 
 
 class TowerInputs:
@@ -106,6 +107,9 @@ class TwoTowerRecommender(Recommender):
         self.product_vectors: np.ndarray | None = None
         self.history: list[dict[str, float]] = []
         self.best_epoch = 0
+        # the optimisers' state where training stopped, by parameter name: a warm start
+        # (fine-tuning) goes on from it instead of from fresh step sizes
+        self.optimizer_state: dict[str, dict[str, torch.Tensor]] | None = None
         self.seconds_per_epoch = 0.0
 
     def fit(self, train: sp.csr_matrix, val: sp.csr_matrix | None = None) -> Recommender:
@@ -166,6 +170,8 @@ class TwoTowerRecommender(Recommender):
         (path / "model_config.json").write_text(json.dumps(self.model.cfg.to_dict(), indent=2))
         (path / "matching_config.json").write_text(self.cfg.model_dump_json(indent=2))
         (path / "encoders.json").write_text(json.dumps(self.encoders.to_dict()))
+        if self.optimizer_state is not None:
+            torch.save(self.optimizer_state, path / OPTIMIZER_STATE)
         self.export()._save(path)
         return {"best_epoch": self.best_epoch, "history": self.history}
 
@@ -179,6 +185,8 @@ class TwoTowerRecommender(Recommender):
         model.model.load_state_dict(torch.load(path / "weights.pt", weights_only=True))
         model.model.eval()
         model.encoders = TowerEncoders.from_dict(json.loads((path / "encoders.json").read_text()))
+        if (path / OPTIMIZER_STATE).is_file():  # models saved before it have none
+            model.optimizer_state = torch.load(path / OPTIMIZER_STATE, weights_only=True)
         emb = EmbeddingRecommender._load(path, meta)
         model.creator_vectors, model.product_vectors = emb.creator_vectors, emb.product_vectors
         model.best_epoch, model.history = meta.get("best_epoch", 0), meta.get("history", [])

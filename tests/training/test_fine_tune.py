@@ -85,6 +85,51 @@ def test_the_warm_start_keeps_known_rows_and_starts_new_ids_at_the_oov_row(tmp_p
         np.testing.assert_array_equal(saved_rows, getattr(adopted.encoders, side).rows)
 
 
+def test_the_warm_start_carries_the_optimiser_state_and_training_goes_on_from_it(
+    tmp_path: Path,
+) -> None:
+    """The fitted model saves its optimisers' state; a warm start carries it onto the new
+    rows (a new row's Adagrad sum starts at 0), and a fit from it takes the small steps
+    training had reached where a fresh optimiser takes its large first ones."""
+    model, pairs = _fitted()
+    model.save(tmp_path / "model")
+    loaded = Recommender.load(tmp_path / "model")
+    assert loaded.optimizer_state is not None
+    table = "product_tower.ids.weight"
+    saved = loaded.optimizer_state[table]["sum"]
+    assert torch.equal(saved, model.optimizer_state[table]["sum"]) and (saved > 0).any()
+    old_ids, new_ids = np.arange(40), np.arange(31)  # one new good, ID 30
+    train_c, train_p = pairs.tocoo().row, pairs.tocoo().col
+    train_c, train_p = np.r_[train_c, 0, 1], np.r_[train_p, 30, 30]
+    warm = carry(loaded, old_ids, np.arange(30), old_ids, new_ids, train_c, train_p, 1)
+    grown = warm.optimizer[table]["sum"]
+    assert len(grown) == len(saved) + 1 and grown[-1] == 0
+    assert torch.equal(grown[:-1], saved)
+    assert carry(loaded, old_ids, np.arange(30), old_ids, new_ids, train_c, train_p, 1,
+                 with_optimizer=False).optimizer is None  # fmt: skip
+
+    frame = pd.concat([model.product_frame, model.product_frame.iloc[:1]], ignore_index=True)
+    day = sp.csr_matrix((np.ones(2), (np.array([0, 1]), np.array([30, 30]))), shape=(40, 31))
+    moved = {}
+    for name, with_optimizer in (("carried", True), ("fresh", False)):
+        start = carry(loaded, old_ids, np.arange(30), old_ids, new_ids, train_c, train_p, 1,
+                      with_optimizer=with_optimizer)  # fmt: skip
+        before = start.model.product_tower.ids.weight.detach().clone()[1:30]
+        tuned = TwoTowerTrainer(model.cfg.model_copy(update={"epochs": 1}), product_frame=frame,
+                                progress=False).fit(pairs_with(pairs, day), warm=start)  # fmt: skip
+        after = tuned.model.product_tower.ids.weight.detach()[1:30]
+        moved[name] = float((after - before).norm())
+    assert moved["carried"] < 0.5 * moved["fresh"], moved
+
+
+def pairs_with(pairs: sp.csr_matrix, more: sp.csr_matrix) -> sp.csr_matrix:
+    """`pairs` on `more`'s wider catalog, plus `more`."""
+    wide = sp.csr_matrix((pairs.data, pairs.indices, pairs.indptr), shape=more.shape)
+    out = (wide + more).tocsr()
+    out.data[:] = 1.0
+    return out
+
+
 def test_the_new_period_holds_out_its_latest_pairs_and_replays_older_ones() -> None:
     first_ts = np.arange(1000, dtype=np.int64) * 10**9
     since = np.datetime64(800, "s").astype("datetime64[ns]")

@@ -1,7 +1,9 @@
+import copy
+
 import pytest
 import torch
 
-from training.matching.optim import RowWiseAdagrad
+from training.matching.optim import RowWiseAdagrad, load_optimizer_state, optimizer_state
 
 
 def _table(weight_decay: float = 0.0) -> tuple[torch.nn.Embedding, RowWiseAdagrad]:
@@ -50,3 +52,38 @@ def test_a_row_seen_several_times_steps_once_on_its_summed_gradient() -> None:
     torch.testing.assert_close(emb.weight[0], torch.tensor([0.5, 1.5]))
     torch.testing.assert_close(emb.weight[1], torch.tensor([2.5, 3.5]))
     torch.testing.assert_close(emb.weight[2], torch.tensor([5.0, 6.0]))
+
+
+def test_the_state_goes_by_parameter_name_and_a_misfit_is_refused() -> None:
+    """A saved state restores each parameter's own (a second step equals an uninterrupted
+    one); a table whose row count changed without a `carry` is an error, not a restart."""
+    torch.manual_seed(0)
+    model = torch.nn.ModuleDict({"table": torch.nn.Embedding(4, 2, sparse=True),
+                                 "dense": torch.nn.Linear(2, 1)})  # fmt: skip
+
+    def opts(m: torch.nn.ModuleDict) -> tuple[torch.optim.Optimizer, ...]:
+        return (RowWiseAdagrad([m["table"].weight], lr=0.5),
+                torch.optim.AdamW(m["dense"].parameters(), lr=0.1))  # fmt: skip
+
+    def step(m: torch.nn.ModuleDict, optimisers: tuple[torch.optim.Optimizer, ...]) -> None:
+        for o in optimisers:
+            o.zero_grad()
+        m["dense"](m["table"](torch.tensor([1, 2]))).sum().backward()
+        for o in optimisers:
+            o.step()
+
+    first = opts(model)
+    step(model, first)
+    saved = optimizer_state(model, first)
+    assert set(saved) == {"table.weight", "dense.weight", "dense.bias"}
+    twin = copy.deepcopy(model)
+    step(model, first)  # uninterrupted
+    resumed = opts(twin)
+    assert load_optimizer_state(twin, resumed, saved) == 3
+    step(twin, resumed)
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+    grown = torch.nn.ModuleDict({"table": torch.nn.Embedding(5, 2, sparse=True),
+                                 "dense": torch.nn.Linear(2, 1)})  # fmt: skip
+    with pytest.raises(ValueError, match=r"table.weight.sum: shape \(4,\), not \(5,\)"):
+        load_optimizer_state(grown, opts(grown), saved)

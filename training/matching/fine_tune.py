@@ -175,7 +175,7 @@ def _fit_and_judge(
         return carry(
             base.model, base.creators.ids, base.products.ids, inter.creators.ids,
             inter.products.ids, inter.creator[period.train], inter.product[period.train],
-            mcfg.min_id_count,
+            mcfg.min_id_count, job.cfg.refresh.fine_tune.carry_optimizer,
         )  # fmt: skip
 
     started = time.perf_counter()

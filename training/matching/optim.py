@@ -16,6 +16,8 @@ from collections.abc import Iterable
 
 import torch
 
+OptimizerState = dict[str, dict[str, torch.Tensor]]  # parameter name -> its state tensors
+
 
 class RowWiseAdagrad(torch.optim.Optimizer):
     def __init__(
@@ -65,3 +67,38 @@ def _sum_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     values = grad._values()
     summed = torch.zeros((len(rows), values.shape[1]), dtype=values.dtype, device=values.device)
     return rows, summed.index_add_(0, slot, values)
+
+
+def optimizer_state(
+    model: torch.nn.Module, optimisers: Iterable[torch.optim.Optimizer]
+) -> OptimizerState:
+    """Every optimiser's per-parameter state, keyed by the parameter's name (CPU copies), so
+    that it survives a save and a model whose tables grew (training/matching/warm_start.py)."""
+    states = [opt.state for opt in optimisers]
+    out: OptimizerState = {}
+    for name, param in model.named_parameters():
+        for state in states:
+            if param in state:
+                out[name] = {k: v.detach().cpu().clone() for k, v in state[param].items()}
+    return out
+
+
+def load_optimizer_state(
+    model: torch.nn.Module, optimisers: Iterable[torch.optim.Optimizer], saved: OptimizerState
+) -> int:
+    """Put `saved` into the optimisers that own each named parameter; how many took it. A
+    tensor that no longer fits its parameter is an error, not a silent restart."""
+    owner = {id(p): opt for opt in optimisers for g in opt.param_groups for p in g["params"]}
+    loaded = 0
+    for name, param in model.named_parameters():
+        if name not in saved or id(param) not in owner:
+            continue
+        state = {k: v.to(param.device) for k, v in saved[name].items()}
+        for key, value in state.items():
+            want = param.shape[:1] if key == "sum" else param.shape  # "step": a scalar
+            if value.dim() and value.shape != want:
+                shape = tuple(value.shape)
+                raise ValueError(f"optimizer state {name}.{key}: shape {shape}, not {tuple(want)}")
+        owner[id(param)].state[param] = state
+        loaded += 1
+    return loaded

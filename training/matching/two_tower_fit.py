@@ -39,7 +39,7 @@ from models.matching.two_tower_served import (
     build_two_tower,
     tower_spec,
 )
-from training.matching.optim import RowWiseAdagrad
+from training.matching.optim import RowWiseAdagrad, load_optimizer_state, optimizer_state
 from training.matching.warm_start import WarmStart
 
 log = logging.getLogger(__name__)
@@ -203,6 +203,7 @@ class TwoTowerTrainer(TwoTowerRecommender):
         cfg = self.cfg
         assert self.creator_frame is not None and self.product_frame is not None
         self.encoders, self.model = enc, model = warm.encoders, warm.model
+        self._warm_optimizer = warm.optimizer
         history = (
             self._creator_history(history_pairs, rng)
             if cfg.creator_history and model.creator_tower.history is not None
@@ -291,6 +292,9 @@ class TwoTowerTrainer(TwoTowerRecommender):
         cfg, model = self.cfg, self.model
         assert model is not None
         dense_opt, sparse_opt = optimizers(model, cfg)
+        if self._warm_optimizer is not None:  # go on with the step sizes training reached
+            loaded = load_optimizer_state(model, (dense_opt, sparse_opt), self._warm_optimizer)
+            log.info("optimizer state carried for %d parameter(s)", loaded)
         device = products_in.device
         log_q = self._log_q(product, len(products_in)).to(device) if cfg.logq else None
         creator_t, product_t = torch.from_numpy(creator), torch.from_numpy(product)
@@ -359,11 +363,14 @@ class TwoTowerTrainer(TwoTowerRecommender):
             self._checkpoint(epoch, record)
             if val_task is None:
                 self.best_epoch = epoch
+                if epoch == cfg.epochs:
+                    self.optimizer_state = optimizer_state(model, (dense_opt, sparse_opt))
                 continue
             gain = record["val_recall"] - best_recall
             if gain > 0:  # the best model is kept even when its gain is too small to go on
                 best_recall, self.best_epoch = record["val_recall"], epoch
                 best_state = copy.deepcopy(model.state_dict())
+                self.optimizer_state = optimizer_state(model, (dense_opt, sparse_opt))
             stale = 0 if gain > 0 and gain >= cfg.min_gain else stale + 1
             if stale > cfg.patience:
                 log.info(

@@ -13,6 +13,12 @@ pairs to earn an ID row of their own. `carry` maps the model onto the new positi
 - the creator tower's history table grows with the product IDs (it is indexed by them).
 
 Nothing else changes: the MLPs, the side tables and the temperature are copied as they are.
+
+The optimisers' state comes along when the model saved it (`optimizer_state`): AdamW's
+moments and step count, and each table row's Adagrad sum (new rows start at 0, as in a
+fresh fit). Training then goes on with the step sizes it had reached, instead of the
+large first steps of a new optimiser, which pull the rows a small batch of new pairs
+touches away from what the model knew.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import torch
 from features.encoders import IdEncoder, TowerEncoders
 from models.matching.two_tower import TwoTower
 from models.matching.two_tower_served import TwoTowerRecommender
+from training.matching.optim import OptimizerState
 
 CREATOR_IDS, PRODUCT_IDS, HISTORY = (
     "creator_tower.ids.weight",
@@ -40,6 +47,7 @@ class WarmStart:
     model: TwoTower
     encoders: TowerEncoders
     new_rows: dict[str, int]  # ID rows added per side
+    optimizer: OptimizerState | None = None  # by parameter name, on the new rows
 
 
 def _rows(
@@ -72,10 +80,12 @@ def carry(
     train_creator: np.ndarray,
     train_product: np.ndarray,
     min_id_count: int,
+    with_optimizer: bool = True,
 ) -> WarmStart:
     """`base` (its positions hold `base_creators` / `base_products`, sorted IDs) on the
     new positions `creators` / `products` (sorted IDs); `train_*` are the positions of
-    the pairs the warm-started fit trains on."""
+    the pairs the warm-started fit trains on; `with_optimizer`: carry its optimisers'
+    state too (when it has one)."""
     if base.model is None or base.encoders is None:
         raise ValueError("the base two-tower model is not fitted")
     enc = base.encoders
@@ -107,4 +117,18 @@ def carry(
             "creator": encoders.creator_ids.vocab_size - enc.creator_ids.vocab_size,
             "product": encoders.product_ids.vocab_size - enc.product_ids.vocab_size,
         },
+        _grown(base.optimizer_state, rows) if with_optimizer else None,
     )
+
+
+def _grown(saved: OptimizerState | None, rows: dict[str, int]) -> OptimizerState | None:
+    """`saved` with each table's per-row Adagrad sums cut or grown to its new row count
+    (a new row's sum starts at 0: its first steps are as large as a fresh fit's)."""
+    if saved is None:
+        return None
+    out = dict(saved)
+    for key, n in rows.items():
+        if key in out and "sum" in out[key]:
+            acc = out[key]["sum"][:n]
+            out[key] = {**out[key], "sum": torch.cat([acc, acc.new_zeros(n - len(acc))])}
+    return out
