@@ -481,6 +481,9 @@ class FineTuneConfig(StrictModel):
     carry_optimizer: bool = Field(
         True, description="go on with the champion's optimiser state (when it saved one)"
     )
+    serve_holdout: bool = Field(
+        False, description="serve a model fine-tuned again with the held-out pairs too"
+    )
 
 
 class RefreshBenchParams(StrictModel):

@@ -167,20 +167,23 @@ def _settings(cfg: Settings, base: MatchingConfig) -> MatchingConfig:
 def _fit_and_judge(
     job: MatchingJob, base: Any, period: NewPeriod
 ) -> tuple[TwoTowerRecommender, dict[str, float]]:
-    """Fine-tune from the base model; both models scored on the held-out pairs."""
-    inter, mcfg = job.inter, job.mcfg
+    """Fine-tune from the base model; both models scored on the held-out pairs. With
+    `serve_holdout`, the served model is then fine-tuned again from the base with the
+    held-out pairs too (the newest pairs are the closest to tomorrow's), as train-matching
+    serves a refit on every pair after judging on a split."""
+    inter, mcfg, ft = job.inter, job.mcfg, job.cfg.refresh.fine_tune
     known = ~period.holdout
 
-    def warm() -> WarmStart:  # the base on today's positions; each call a fresh copy
+    def warm(train: np.ndarray) -> WarmStart:  # the base on today's positions, a fresh copy
         return carry(
             base.model, base.creators.ids, base.products.ids, inter.creators.ids,
-            inter.products.ids, inter.creator[period.train], inter.product[period.train],
-            mcfg.min_id_count, job.cfg.refresh.fine_tune.carry_optimizer,
+            inter.products.ids, inter.creator[train], inter.product[train],
+            mcfg.min_id_count, ft.carry_optimizer,
         )  # fmt: skip
 
     started = time.perf_counter()
-    champion = job.two_tower().adopt(warm(), inter.csr(known))
-    start = warm()
+    champion = job.two_tower().adopt(warm(period.train), inter.csr(known))
+    start = warm(period.train)
     tuned = job.two_tower(curve="fine_tune")
     tuned.fit(inter.csr(period.train), warm=start, history=inter.csr(known))
     train_seconds = time.perf_counter() - started
@@ -194,7 +197,14 @@ def _fit_and_judge(
         {f"recall@{k}": (round(scores["champion"][f"recall@{k}"], 4),
                          round(scores["fine_tuned"][f"recall@{k}"], 4)) for k in mcfg.eval_k},
     )  # fmt: skip
-    tuned.embed_with_history(inter.csr())  # the served vectors read every pair
+    if ft.serve_holdout:
+        every = period.train | period.holdout
+        started = time.perf_counter()
+        tuned, start = job.two_tower(curve="fine_tune_served"), warm(every)
+        tuned.fit(inter.csr(every), warm=start, history=inter.csr())
+        train_seconds += time.perf_counter() - started
+    else:
+        tuned.embed_with_history(inter.csr())  # the served vectors read every pair
     return tuned, {
         **scores["fine_tuned"],
         **{CHAMPION_PREFIX + k: v for k, v in scores["champion"].items()},
