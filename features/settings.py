@@ -479,10 +479,10 @@ class FineTuneConfig(StrictModel):
         100, gt=0, description="fewer new pairs than this: nothing to learn from, refused"
     )
     carry_optimizer: bool = Field(
-        True, description="go on with the champion's optimiser state (when it saved one)"
+        False, description="go on with the champion's optimiser state (when it saved one)"
     )
-    serve_holdout: bool = Field(
-        False, description="serve a model fine-tuned again with the held-out pairs too"
+    start_from: Literal["trained", "current"] = Field(
+        "trained", description="fine-tune the model train-matching made, or DIR's model"
     )
 
 

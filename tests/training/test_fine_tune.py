@@ -30,7 +30,13 @@ from models.artifacts import (
 )
 from models.matching.recommender import Recommender
 from training.lifecycle.promotion import PromotionRefused, _fine_tuned_gate
-from training.matching.fine_tune import FineTuneError, delta_start, install, new_period
+from training.matching.fine_tune import (
+    FineTuneError,
+    delta_start,
+    install,
+    new_period,
+    trained_model,
+)
 from training.matching.fine_tune import run as fine_tune
 from training.matching.two_tower_fit import TwoTowerTrainer
 from training.matching.warm_start import carry
@@ -101,12 +107,12 @@ def test_the_warm_start_carries_the_optimiser_state_and_training_goes_on_from_it
     old_ids, new_ids = np.arange(40), np.arange(31)  # one new good, ID 30
     train_c, train_p = pairs.tocoo().row, pairs.tocoo().col
     train_c, train_p = np.r_[train_c, 0, 1], np.r_[train_p, 30, 30]
-    warm = carry(loaded, old_ids, np.arange(30), old_ids, new_ids, train_c, train_p, 1)
+    warm = carry(loaded, old_ids, np.arange(30), old_ids, new_ids, train_c, train_p, 1, True)
     grown = warm.optimizer[table]["sum"]
     assert len(grown) == len(saved) + 1 and grown[-1] == 0
     assert torch.equal(grown[:-1], saved)
-    assert carry(loaded, old_ids, np.arange(30), old_ids, new_ids, train_c, train_p, 1,
-                 with_optimizer=False).optimizer is None  # fmt: skip
+    assert carry(loaded, old_ids, np.arange(30), old_ids, new_ids, train_c, train_p, 1
+                 ).optimizer is None  # the default: a new optimiser  # fmt: skip
 
     frame = pd.concat([model.product_frame, model.product_frame.iloc[:1]], ignore_index=True)
     day = sp.csr_matrix((np.ones(2), (np.array([0, 1]), np.array([30, 30]))), shape=(40, 31))
@@ -128,6 +134,30 @@ def pairs_with(pairs: sp.csr_matrix, more: sp.csr_matrix) -> sp.csr_matrix:
     out = (wide + more).tocsr()
     out.data[:] = 1.0
     return out
+
+
+def test_the_trained_model_is_found_through_the_replaced_runs(tmp_path: Path) -> None:
+    """DIR/matching (run c) was fine-tuned from b, b from a, a by train-matching: a
+    fine-tune `start_from: trained` starts from a's folder; a broken or looping chain is
+    refused."""
+    layout = PipelineLayout(tmp_path)
+
+    def run(folder: Path, run_id: str, base: str | None) -> Path:
+        folder.mkdir(parents=True)
+        meta = {"run_id": run_id} | ({"fine_tuned_from": base} if base else {})
+        (folder / RUN_META).write_text(json.dumps(meta))
+        return folder
+
+    run(layout.matching, "c", "b")
+    run(layout.fine_tune / "day2.replaced", "b", "a")
+    first = run(layout.fine_tune / "day1.replaced", "a", None)
+    assert trained_model(layout) == first
+    shutil.rmtree(first)
+    with pytest.raises(FineTuneError, match="fine-tuned from run a, but no"):
+        trained_model(layout)
+    run(layout.fine_tune / "day1.replaced", "a", "b")  # a loop: b -> a -> b
+    with pytest.raises(FineTuneError, match="name run b twice"):
+        trained_model(layout)
 
 
 def test_the_new_period_holds_out_its_latest_pairs_and_replays_older_ones() -> None:

@@ -148,6 +148,27 @@ def _output(layout: PipelineLayout, delta_dir: Path, out: Path | None, overwrite
     return out
 
 
+def trained_model(layout: PipelineLayout) -> Path:
+    """The model train-matching made that DIR/matching's fine-tunes descend from: each
+    installed fine-tune names the run it replaced (`fine_tuned_from`), and `install` keeps
+    that run's folder as DIR/fine-tune/*.replaced. Fine-tuning from it, not from yesterday's
+    fine-tune, trains every day's model one pass past a full training instead of one pass
+    more each day."""
+    folder, seen = layout.matching, set()
+    while (base := json.loads((folder / RUN_META).read_text()).get("fine_tuned_from")) is not None:
+        if base in seen:
+            raise FineTuneError(f"the fine-tunes of {layout.matching} name run {base} twice")
+        seen.add(base)
+        kept = [p for p in sorted(layout.fine_tune.glob("*.replaced")) if run_id_of(p) == base]
+        if not kept:
+            raise FineTuneError(
+                f"{folder} was fine-tuned from run {base}, but no {layout.fine_tune}/*.replaced "
+                "holds it: set refresh.fine_tune.start_from=current to fine-tune DIR's model"
+            )
+        folder = kept[0]
+    return folder
+
+
 def _settings(cfg: Settings, base: MatchingConfig) -> MatchingConfig:
     """The champion's own settings, for a few epochs at scaled-down learning rates, on
     this machine's threads and device."""
@@ -165,24 +186,22 @@ def _settings(cfg: Settings, base: MatchingConfig) -> MatchingConfig:
 
 
 def _fit_and_judge(
-    job: MatchingJob, base: Any, period: NewPeriod
+    job: MatchingJob, base: Any, current: Any, period: NewPeriod
 ) -> tuple[TwoTowerRecommender, dict[str, float]]:
-    """Fine-tune from the base model; both models scored on the held-out pairs. With
-    `serve_holdout`, the served model is then fine-tuned again from the base with the
-    held-out pairs too (the newest pairs are the closest to tomorrow's), as train-matching
-    serves a refit on every pair after judging on a split."""
+    """Fine-tune from the `base` run's model; it and the `current` one (DIR's model, which
+    it would replace: the champion) scored on the held-out pairs."""
     inter, mcfg, ft = job.inter, job.mcfg, job.cfg.refresh.fine_tune
     known = ~period.holdout
 
-    def warm(train: np.ndarray) -> WarmStart:  # the base on today's positions, a fresh copy
+    def warm(train: np.ndarray, run: Any = base) -> WarmStart:  # on today's positions, a copy
         return carry(
-            base.model, base.creators.ids, base.products.ids, inter.creators.ids,
+            run.model, run.creators.ids, run.products.ids, inter.creators.ids,
             inter.products.ids, inter.creator[train], inter.product[train],
             mcfg.min_id_count, ft.carry_optimizer,
         )  # fmt: skip
 
     started = time.perf_counter()
-    champion = job.two_tower().adopt(warm(period.train), inter.csr(known))
+    champion = job.two_tower().adopt(warm(period.train, current), inter.csr(known))
     start = warm(period.train)
     tuned = job.two_tower(curve="fine_tune")
     tuned.fit(inter.csr(period.train), warm=start, history=inter.csr(known))
@@ -197,14 +216,7 @@ def _fit_and_judge(
         {f"recall@{k}": (round(scores["champion"][f"recall@{k}"], 4),
                          round(scores["fine_tuned"][f"recall@{k}"], 4)) for k in mcfg.eval_k},
     )  # fmt: skip
-    if ft.serve_holdout:
-        every = period.train | period.holdout
-        started = time.perf_counter()
-        tuned, start = job.two_tower(curve="fine_tune_served"), warm(every)
-        tuned.fit(inter.csr(every), warm=start, history=inter.csr())
-        train_seconds += time.perf_counter() - started
-    else:
-        tuned.embed_with_history(inter.csr())  # the served vectors read every pair
+    tuned.embed_with_history(inter.csr())  # the served vectors read every pair
     return tuned, {
         **scores["fine_tuned"],
         **{CHAMPION_PREFIX + k: v for k, v in scores["champion"].items()},
@@ -232,11 +244,13 @@ def run(
     since = delta_start(Path(delta_dir))
     out = _output(layout, Path(delta_dir), out, overwrite)
     validate_tables(layout.data, INPUT_TABLES)
-    base = open_matching_run(layout.matching)
-    if not isinstance(base.model, TwoTowerRecommender):
-        raise FineTuneError(f"{layout.matching} holds a {base.model.kind} model: only a "
+    current = open_matching_run(layout.matching)
+    if not isinstance(current.model, TwoTowerRecommender):
+        raise FineTuneError(f"{layout.matching} holds a {current.model.kind} model: only a "
                             "two-tower model is fine-tuned")  # fmt: skip
     base_run = run_id_of(layout.matching)
+    start_dir = trained_model(layout) if ft.start_from == "trained" else layout.matching
+    base = current if start_dir == layout.matching else open_matching_run(start_dir)
     mcfg = _settings(cfg, base.model.cfg)
     job = MatchingJob(
         cfg.model_copy(update={"matching": mcfg}), layout.data, layout.tier, progress, False
@@ -247,13 +261,14 @@ def run(
         job.inter.first_ts, since, ft.holdout_fraction, ft.replay_share, ft.min_new_pairs,
         np.random.default_rng(cfg.refresh.seed),
     )  # fmt: skip
-    log.info("fine-tune from %s: %s", layout.matching, period.counts())
+    log.info("fine-tune from %s: %s", start_dir, period.counts())
     with atomic_output_dir(out, overwrite) as staging:
         tags = {RUN_DIR_TAG: str(out.resolve()), FINE_TUNED_FROM_TAG: base_run}
-        params = {"fine_tune": ft.model_dump(), "matching": mcfg.model_dump(), "since": str(since)}
+        params = {"fine_tune": ft.model_dump(), "matching": mcfg.model_dump(), "since": str(since),
+                  "weights_from": run_id_of(start_dir)}  # fmt: skip
         # the learning curve is logged by epoch: into this run, so training happens in it
         with tracking.job_run("fine-tune", params, layout.data, tags=tags) as mlrun:
-            tuned, metrics = _fit_and_judge(job, base, period)
+            tuned, metrics = _fit_and_judge(job, base, current, period)
             save_model(job, tuned, staging / "model")
             model_digest(staging / "model")
             metrics["job_seconds"] = time.perf_counter() - started

@@ -246,8 +246,7 @@ class MatchingJob:
         )
         ids = inter.creators.ids, inter.products.ids
         coo = pairs.tocoo()
-        # the protocol's optimiser state stays behind: the refit is measured without it
-        warm = carry(first, *ids, *ids, coo.row, coo.col, cfg.min_id_count, with_optimizer=False)
+        warm = carry(first, *ids, *ids, coo.row, coo.col, cfg.min_id_count)
         return self.two_tower(refit_cfg, curve=curve).fit(pairs, warm=warm)
 
     def _judge(self, split: Split, models: dict[str, Recommender]) -> None:

@@ -14,11 +14,12 @@ pairs to earn an ID row of their own. `carry` maps the model onto the new positi
 
 Nothing else changes: the MLPs, the side tables and the temperature are copied as they are.
 
-The optimisers' state comes along when the model saved it (`optimizer_state`): AdamW's
-moments and step count, and each table row's Adagrad sum (new rows start at 0, as in a
-fresh fit). Training then goes on with the step sizes it had reached, instead of the
-large first steps of a new optimiser, which pull the rows a small batch of new pairs
-touches away from what the model knew.
+The optimisers' state can come along when the model saved it (`optimizer_state`, with
+`with_optimizer`): AdamW's moments and step count, and each table row's Adagrad sum (new
+rows start at 0, as in a fresh fit), so training goes on with the step sizes it had
+reached. Measured on a day of the refresh bench it fine-tunes worse than a new
+optimiser's larger first steps (README, "Fine-tuning the champion"), so `haowu
+fine-tune` leaves it off by default (`refresh.fine_tune.carry_optimizer`).
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def carry(
     train_creator: np.ndarray,
     train_product: np.ndarray,
     min_id_count: int,
-    with_optimizer: bool = True,
+    with_optimizer: bool = False,
 ) -> WarmStart:
     """`base` (its positions hold `base_creators` / `base_products`, sorted IDs) on the
     new positions `creators` / `products` (sorted IDs); `train_*` are the positions of
