@@ -1,12 +1,15 @@
-"""`haowu fine-tune`: the champion two-tower trained on from where it stood, on what a
-delta brought, judged against itself on the newest pairs and registered as a challenger.
+"""`haowu fine-tune`: a two-tower trained on from where a full training left it, on what
+a delta brought, judged against the champion on the newest pairs and registered as a
+challenger.
 
     haowu fine-tune --from DIR --delta DELTA_DIR      (after `haowu refresh` applied it)
 
-A full retrain costs every pair and every epoch again; the champion already knows the
-older pairs. Fine-tuning starts from its weights (training/matching/warm_start.py: known
-IDs keep their rows, new IDs start where the model puts a cold item) and trains a few
-epochs (`refresh.fine_tune.epochs`) on:
+A full retrain costs every pair and every epoch again; the trained model already knows
+the older pairs. Fine-tuning starts from the weights of the model train-matching made,
+from which DIR's fine-tunes descend (`start_from: trained`, `trained_model`; so no day's
+model is more than one pass past a full training), or DIR's own model (`current`)
+(training/matching/warm_start.py: known IDs keep their rows, new IDs start where the model
+puts a cold item) and trains a few epochs (`refresh.fine_tune.epochs`) on:
 
 - the delta's new pairs (pairs of DIR/data first seen at or after the delta's first
   event), except the latest `holdout_fraction` of them by time, which are held out;
@@ -19,9 +22,9 @@ epochs (`refresh.fine_tune.epochs`) on:
 at `lr_scale` times the champion's learning rates. Each creator's history (what the
 creator tower reads) is all its pairs but the held-out ones.
 
-The held-out pairs then judge: the champion as it stands (the same carried weights, not
-trained, new IDs on the OOV row) against the fine-tuned model, both ranking every good
-with every known pair masked. The run logs the fine-tuned figures as `recall@50`, ... and
+The held-out pairs then judge: the champion, DIR's model as it stands (carried onto
+today's catalog, not trained, new IDs on the OOV row), against the fine-tuned model, both
+ranking every good with every known pair masked. The run logs the fine-tuned figures as `recall@50`, ... and
 the champion's as `champion.recall@50`, ..., tags `haowu.fine_tuned_from` with the
 champion's MLflow run, and registers the model as a challenger. `haowu promote` (or
 `haowu refresh --fine-tune`) compares the two on those held-out pairs — the same data by
