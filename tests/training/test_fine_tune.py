@@ -275,6 +275,21 @@ def test_refresh_fine_tune_learns_new_goods_passes_the_gate_and_rewrites_the_lis
     listed = pd.read_parquet(d.creator_lists, columns=["product_id"])["product_id"]
     assert np.isin(goods, listed).sum() >= creator["exposure"]["goods"] > 0
 
+    # the next day fine-tunes the trained model again (`start_from: trained`), judged
+    # against the first fine-tune, which it would replace
+    _planted_delta(d.data, tmp_path / "delta2")
+    sets = sum((["--set", s] for s in _sets(tiny_pipeline)), [])
+    args = ["refresh", "--from", str(root), "--delta", str(tmp_path / "delta2"), "--preset", "tiny"]
+    result = CliRunner().invoke(cli_app, [*args, *sets])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    cfg = load_settings("tiny", overrides=_sets(tiny_pipeline))
+    second = fine_tune(cfg, root, tmp_path / "delta2", register=False)
+    second_run = mlflow.get_run(
+        json.loads((Path(second["run_dir"]) / RUN_META).read_text())["run_id"]
+    )
+    assert second_run.data.params["weights_from"] == run.data.tags[FINE_TUNED_FROM_TAG]
+    assert second_run.data.tags[FINE_TUNED_FROM_TAG] == meta["run_id"]
+
 
 def _sets(tiny_pipeline) -> list[str]:
     args = tiny_pipeline.args
