@@ -24,9 +24,11 @@ creator tower reads) is all its pairs but the held-out ones.
 
 The held-out pairs then judge: the champion, DIR's model as it stands (carried onto
 today's catalog, not trained, new IDs on the OOV row), against the fine-tuned model, both
-ranking every good with every known pair masked. The run logs the fine-tuned figures as `recall@50`, ... and
-the champion's as `champion.recall@50`, ..., tags `haowu.fine_tuned_from` with the
-champion's MLflow run, and registers the model as a challenger. `haowu promote` (or
+ranking every good with every known pair masked. The run logs the fine-tuned figures as
+`recall@50`, ... and the champion's as `champion.recall@50`, ..., tags
+`haowu.fine_tuned_from` with the champion's MLflow run (the model it would replace; its
+`weights_from` param names the run the weights came from), and registers the model as a
+challenger. `haowu promote` (or
 `haowu refresh --fine-tune`) compares the two on those held-out pairs — the same data by
 construction — and moves `champion` only if the fine-tuned model is no worse.
 
