@@ -679,8 +679,9 @@ def fine_tune(
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Fine-tune DIR's champion two-tower on the delta's new pairs (warm start, replay of
-    older pairs), judge it against the champion on the newest pairs, register a challenger."""
+    """Fine-tune the two-tower DIR's model was trained as on the delta's pairs (warm start,
+    replay of older pairs), judge it against DIR's model on the newest pairs, register a
+    challenger."""
     _fine_tune(settings(preset, config, set_), from_, delta, promote)
 
 
@@ -1195,8 +1196,8 @@ def _bench_arms(cfg: Settings) -> dict[str, Arm]:
         "refresh": Arm(refresh, "haowu refresh with the day's delta"),
         "fine-tune": Arm(
             fine_tune,
-            "refresh, then the model fine-tuned on the day's pairs; if it passes the gate, "
-            "installed and every list rewritten",
+            "refresh, then the trained model fine-tuned on the pairs up to the day; if it "
+            "passes the gate, installed and every list rewritten",
         ),
         "retrain": Arm(retrain, "the delta merged, then a full pipeline on all the data"),
     }
