@@ -679,9 +679,9 @@ def fine_tune(
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Fine-tune the two-tower DIR's model was trained as on the delta's pairs (warm start,
-    replay of older pairs), judge it against DIR's model on the newest pairs, register a
-    challenger."""
+    """Fine-tune the two-tower train-matching made (DIR's fine-tunes descend from it) on the
+    delta's pairs (warm start, replay of older pairs), judge it against DIR's model on the
+    newest pairs, register a challenger."""
     _fine_tune(settings(preset, config, set_), from_, delta, promote)
 
 
