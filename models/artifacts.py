@@ -7,7 +7,7 @@ opens them through the openers below, so a layout change is made in one place.
     train-matching RUN_DIR/   run.json metrics.json history.json config.yaml
       model/                  recommender.json creator_ids.npy product_ids.npy
                               products.parquet creator_embeddings.npy product_embeddings.npy
-                              weights.pt model_config.json matching_config.json
+                              weights.pt optimizer.pt model_config.json matching_config.json
                               encoders.json id_maps/ index/ digest.json
     train-tier RUN_DIR/       run.json metrics.json tiers.parquet model/
     pipeline DIR/             data/ tier/ matching/ lists/{creator,product}/ brokers/
