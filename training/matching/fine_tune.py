@@ -153,6 +153,12 @@ def _output(layout: PipelineLayout, delta_dir: Path, out: Path | None, overwrite
     return out
 
 
+def fine_tuned_from(run_dir: Path) -> str | None:
+    """The run a fine-tuned run folder was judged against and replaces (None: a run
+    train-matching made)."""
+    return json.loads((Path(run_dir) / RUN_META).read_text()).get("fine_tuned_from")
+
+
 def trained_model(layout: PipelineLayout) -> Path:
     """The model train-matching made that DIR/matching's fine-tunes descend from: each
     installed fine-tune names the run it replaced (`fine_tuned_from`), and `install` keeps
@@ -160,7 +166,7 @@ def trained_model(layout: PipelineLayout) -> Path:
     fine-tune, trains every day's model one pass past a full training instead of one pass
     more each day."""
     folder, seen = layout.matching, set()
-    while (base := json.loads((folder / RUN_META).read_text()).get("fine_tuned_from")) is not None:
+    while (base := fine_tuned_from(folder)) is not None:
         if base in seen:
             raise FineTuneError(f"the fine-tunes of {layout.matching} name run {base} twice")
         seen.add(base)
@@ -294,7 +300,7 @@ def install(layout: PipelineLayout, run_dir: Path) -> Path:
     DIR/fine-tune/<run>.replaced (kept for a rollback by hand), the run folder takes its
     place; returns where the replaced one went. Both moves are renames on one file system."""
     run_dir = Path(run_dir).resolve()
-    base = json.loads((run_dir / RUN_META).read_text()).get("fine_tuned_from")
+    base = fine_tuned_from(run_dir)
     if base != run_id_of(layout.matching):
         raise FineTuneError(
             f"{run_dir} was fine-tuned from run {base}, but DIR/matching is now run "
