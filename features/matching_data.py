@@ -13,7 +13,7 @@ their first interaction are kept, as int64 arrays (16-24 bytes a pair).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +60,7 @@ class Interactions:
     product: np.ndarray  # (n_pairs,) int64 product positions
     first_ts: np.ndarray | None  # (n_pairs,) int64 ns, None when the log has no time
     n_rows: int = 0  # raw rows read (repeats included)
+    _by_key: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     @property
     def n_pairs(self) -> int:
@@ -78,6 +79,22 @@ class Interactions:
         )
         data = np.ones(len(c), dtype=np.float32)
         return sp.csr_matrix((data, (c, p)), shape=self.shape)
+
+    def first_ts_of(self, creator: np.ndarray, product: np.ndarray) -> np.ndarray:
+        """(n,) first-seen times of the given pairs; every pair must be one of these."""
+        if self.first_ts is None:
+            raise ValueError("these interactions have no times")
+        if self._by_key is None:
+            key = self.creator * len(self.products) + self.product
+            order = np.argsort(key, kind="stable")
+            self._by_key = key[order], self.first_ts[order]
+        keys, ts = self._by_key
+        want = np.asarray(creator, np.int64) * len(self.products) + np.asarray(product, np.int64)
+        at = np.minimum(np.searchsorted(keys, want), max(len(keys) - 1, 0))
+        found = keys[at] == want if len(keys) else np.zeros(len(want), bool)
+        if not found.all():
+            raise KeyError(f"{int((~found).sum())} pair(s) not among the interactions")
+        return ts[at]
 
 
 def _check_id_column(df: pd.DataFrame, column: str, table: str) -> None:
@@ -124,7 +141,7 @@ def load_interactions(data_dir: Path, batch_rows: int = 2_000_000) -> Interactio
             raise ContractError(
                 "interactions", "null timestamps", column="ts", total=int(df["ts"].isna().sum())
             )
-        c, p, t = _unique_pairs(
+        c, p, t = unique_pairs(
             df["creator_id"].to_numpy(np.int64), df["product_id"].to_numpy(np.int64), ts
         )
         chunks.append((c, p, t))
@@ -142,7 +159,7 @@ def load_interactions(data_dir: Path, batch_rows: int = 2_000_000) -> Interactio
     )
     c_pos, p_pos = creators.positions(c_ids), products.positions(p_ids)
     del c_ids, p_ids
-    c_pos, p_pos, ts_all = _unique_pairs(c_pos, p_pos, ts_all)
+    c_pos, p_pos, ts_all = unique_pairs(c_pos, p_pos, ts_all)
     log.info(
         "interactions: %d rows -> %d unique pairs; %d creators, %d products in the catalog",
         n_rows,
@@ -153,7 +170,7 @@ def load_interactions(data_dir: Path, batch_rows: int = 2_000_000) -> Interactio
     return Interactions(creators, products, c_pos, p_pos, ts_all, n_rows=n_rows)
 
 
-def _unique_pairs(
+def unique_pairs(
     c: np.ndarray, p: np.ndarray, ts: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Deduplicate pairs, keeping the earliest time of each; sorted by (creator, product)."""

@@ -83,6 +83,12 @@ class MatchingConfig(StrictModel):
     history_pooling: Literal["mean", "idf"] = Field(
         "mean", description="mean of the history's goods, or weighted by their rarity (IDF)"
     )
+    history_half_life: float = Field(
+        0.0,
+        ge=0,
+        description="> 0: a creator embedded for ranking weighs each good of its history "
+        "0.5 ** (newer goods / half_life), its latest good 1 (needs pair times)",
+    )
     tie_history: bool = Field(
         False, description="the history reads the product tower's ID rows, not its own table"
     )

@@ -8,7 +8,9 @@ what `haowu refresh` does for creators with new interactions; a tower without a 
 table returns None (nothing would move).
 
 The bag keeps the `history_max_items` most recent goods (training kept a random sample
-of that many); goods the model never saw read the OOV row, as in training.
+of that many, or the latest with pair times); goods the model never saw read the OOV
+row, as in training. With a `history_half_life` the goods weigh as when the model
+embedded its creators: the latest 1, each older one by recency.
 """
 
 from __future__ import annotations
@@ -17,21 +19,28 @@ import numpy as np
 import pandas as pd
 import torch
 
+from models.matching.creator_history import recency_weights
 from models.matching.two_tower import HistoryBatch
 
 EMBED_BATCH = 4096
 
 
-def history_batch(rows: list[np.ndarray]) -> HistoryBatch:
-    """Bags of history-table rows, one per creator."""
+def history_batch(rows: list[np.ndarray], half_life: float = 0.0) -> HistoryBatch:
+    """Bags of history-table rows, one per creator, each oldest first."""
     lengths = np.array([len(r) for r in rows], np.int64)
     items = np.concatenate(rows).astype(np.int64) if rows else np.empty(0, np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    weights = np.ones(len(items), np.float32)
+    if half_life > 0 and len(items):
+        bag = np.repeat(np.arange(len(rows)), lengths)
+        newer = (offsets + lengths)[bag] - 1 - np.arange(len(items))  # goods after each one
+        weights = recency_weights(newer, half_life)
+    counts = np.bincount(np.repeat(np.arange(len(rows)), lengths), weights, len(rows))
     return HistoryBatch(
         torch.from_numpy(items),
         torch.from_numpy(offsets),
-        torch.ones(len(items), dtype=torch.float32),
-        torch.from_numpy(lengths.astype(np.float32)),
+        torch.from_numpy(weights),
+        torch.from_numpy(counts.astype(np.float32)),
     )
 
 
@@ -69,7 +78,7 @@ def embed_with_history(
             torch.from_numpy(ids[lo:hi]),
             torch.from_numpy(side.categorical[lo:hi]),
             torch.from_numpy(side.numeric[lo:hi]),
-            history_batch(bags[lo:hi]),
+            history_batch(bags[lo:hi], float(getattr(cfg, "history_half_life", 0.0) or 0.0)),
         )  # (b, d), unit length
         out[lo:hi] = vectors.numpy()
     return out / float(model.temperature)

@@ -37,6 +37,11 @@ def test_non_dense_ids_repeats_and_cold_products(tmp_path: Path) -> None:
         zip(got.creator.tolist(), got.product.tolist(), got.first_ts.tolist(), strict=True)
     )
     assert pairs[2] == (1, 1, pd.Timestamp("2024-01-02").value)  # the earliest repeat
+    # looked up by (creator, product) position, in any order
+    when = got.first_ts_of(np.array([1, 0]), np.array([1, 0]))
+    assert when.tolist() == [pd.Timestamp(d).value for d in ("2024-01-02", "2024-01-03")]
+    with pytest.raises(KeyError, match="1 pair"):
+        got.first_ts_of(np.array([0]), np.array([2]))  # never interacted
     assert got.csr().shape == (2, 3)
     frame = product_frame(data, got.products)
     assert frame["category_l3"].tolist() == [1, 2, 3]
@@ -65,6 +70,8 @@ def test_without_ts_pairs_still_load(tmp_path: Path) -> None:
     inter = pd.DataFrame({"creator_id": [1, 2, 2], "product_id": [5, 5, 6]})
     got = load_interactions(_write(tmp_path / "d", inter))
     assert got.first_ts is None and got.n_pairs == 3
+    with pytest.raises(ValueError, match="no times"):
+        got.first_ts_of(np.array([0]), np.array([0]))
 
 
 def test_id_index_positions() -> None:

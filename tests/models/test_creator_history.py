@@ -65,3 +65,37 @@ def test_idf_pooling_weights_rare_goods_above_common_ones() -> None:
     w = torch.tensor([weight[i] for i in (2, 3, 4)])
     expected = (table[[2, 3, 4]] * w[:, None]).sum(0) / w.sum()
     torch.testing.assert_close(tower._history(bags, 1, None)[0], expected)
+
+
+def test_with_times_ranking_weighs_the_latest_goods_and_training_the_goods_before() -> None:
+    # creator 2 took goods 4, 0, 3, 2 in that order (times 10, 20, 30, 40)
+    times = {(0, 1): 5, (0, 3): 6, (2, 0): 20, (2, 2): 40, (2, 3): 30, (2, 4): 10}
+    coo = _matrix().tocoo()
+    ts = np.array([times[(r, c)] for r, c in zip(coo.row, coo.col, strict=True)])
+    history = CreatorHistory(_matrix(), np.arange(5), 0, np.random.default_rng(0), "mean", ts, 1.0)
+    ranking = history.batch(np.array([2]))
+    weight = dict(zip(ranking.items.tolist(), ranking.weights.tolist(), strict=True))
+    assert weight == {2: 1.0, 3: 0.5, 0: 0.25, 4: 0.125}  # the latest weighs 1, halving
+    assert ranking.counts.item() == np.float32(1.875)
+    # a training pair reads the goods taken before its target (3), back from it
+    training = history.batch(np.array([2, 2, 0]), leave_out=np.array([3, 4, 3]))
+    weight = dict(zip(training.items[:4].tolist(), training.weights[:4].tolist(), strict=True))
+    assert weight == {2: 0.0, 3: 0.0, 0: 1.0, 4: 0.5}
+    assert training.weights[4:8].sum() == 0.0  # the first good (4) has nothing before it
+    assert training.counts.tolist() == [1.5, 0.0, 1.0]  # creator 0: good 1 before good 3
+    # a capped history keeps the latest goods, not a random sample; an older target than
+    # those has no goods before it in the bag
+    capped = CreatorHistory(_matrix(), np.arange(5), 2, np.random.default_rng(0), "mean", ts, 1.0)
+    assert sorted(capped.batch(np.array([2])).items.tolist()) == [2, 3]
+    assert capped.batch(np.array([2]), leave_out=np.array([0])).counts.item() == 0.0
+
+
+def test_served_bags_weigh_recency_like_the_trainers() -> None:
+    from models.matching.history_embed import history_batch
+
+    # the served path reads each history oldest first: goods 4, 0, 3, 2
+    bags = history_batch([np.array([4, 0, 3, 2]), np.array([], np.int64), np.array([7])], 1.0)
+    assert bags.weights.tolist() == [0.125, 0.25, 0.5, 1.0, 1.0]
+    assert bags.counts.tolist() == [1.875, 0.0, 1.0]
+    plain = history_batch([np.array([4, 0, 3, 2])])
+    assert plain.weights.tolist() == [1.0] * 4 and plain.counts.tolist() == [4.0]

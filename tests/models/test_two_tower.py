@@ -292,6 +292,36 @@ def test_an_id_only_creator_tower_reads_its_history_instead_of_its_id() -> None:
     assert TwoTowerTrainer(keep, progress=False).fit(train).encoders.creator_ids.vocab_size > 1
 
 
+def test_recency_weighted_creators_are_what_the_served_tower_recomputes() -> None:
+    from models.matching.history_embed import embed_with_history
+
+    train = contract_matrix(0)
+    coo = train.tocoo()
+    ts = np.random.default_rng(1).permutation(coo.nnz)  # each pair's time
+    when = dict(zip(zip(coo.row.tolist(), coo.col.tolist(), strict=True), ts, strict=True))
+
+    def fit(half_life: float) -> TwoTowerTrainer:
+        trainer = TwoTowerTrainer(_tiny_cfg(epochs=1, history_half_life=half_life), progress=False)
+        trainer.pair_times = lambda c, p: np.array([when[k] for k in zip(c, p, strict=True)])
+        return trainer.fit(train)
+
+    recent = fit(2.0)
+    assert recent.encoders.creator_ids.vocab_size == 1  # ID-only: the history is all
+    # the refresh path (histories oldest first, models/matching/history_embed.py) agrees
+    histories = []
+    for row in range(train.shape[0]):
+        goods = train.indices[train.indptr[row] : train.indptr[row + 1]]
+        histories.append(goods[np.argsort([when[(row, g)] for g in goods])])
+    rows = np.arange(train.shape[0])
+    served = embed_with_history(recent, rows, pd.DataFrame(index=rows), histories)
+    np.testing.assert_allclose(served, recent.creator_vectors, rtol=1e-4, atol=1e-5)
+    # the same weights without the recency: another vector per creator
+    plain = fit(0.0)
+    assert not np.allclose(plain.creator_vectors, recent.creator_vectors, atol=1e-3)
+    again = embed_with_history(plain, rows, pd.DataFrame(index=rows), histories)
+    np.testing.assert_allclose(again, plain.creator_vectors, rtol=1e-4, atol=1e-5)
+
+
 def _blocks(k: int = 4, creators: int = 30, items: int = 20, per_creator: int = 8, seed: int = 0):
     """Creators in k blocks, each with `per_creator` goods of its own block; two of them
     per creator are held out."""

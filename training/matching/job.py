@@ -177,6 +177,8 @@ class MatchingJob:
         )
         if curve:
             trainer.on_epoch = functools.partial(_log_epoch, curve)
+        if self.inter.first_ts is not None:
+            trainer.pair_times = self.inter.first_ts_of
         return trainer
 
     def run_protocol(self, split: Split) -> TwoTowerTrainer:

@@ -114,6 +114,9 @@ class TwoTowerTrainer(TwoTowerRecommender):
     """Fits a `TwoTowerRecommender`; what it saves loads as the served class."""
 
     on_epoch: Callable[[dict[str, float]], None] | None = None  # called after each epoch
+    # (creator, product) positions -> when each pair was first seen, for the history's
+    # recency weights (`history_half_life`); None when the log has no times
+    pair_times: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
 
     # --- fitting -----------------------------------------------------------------------
 
@@ -239,8 +242,18 @@ class TwoTowerTrainer(TwoTowerRecommender):
         """Each creator's goods in `pairs`, as the creator tower reads them."""
         cfg = self.cfg
         assert self.encoders is not None
+        times = None
+        if cfg.history_half_life > 0 and self.pair_times is not None:
+            coo = pairs.tocoo()
+            times = self.pair_times(coo.row, coo.col)
         return CreatorHistory(
-            pairs, self.encoders.product_ids.rows, cfg.history_max_items, rng, cfg.history_pooling
+            pairs,
+            self.encoders.product_ids.rows,
+            cfg.history_max_items,
+            rng,
+            cfg.history_pooling,
+            times,
+            cfg.history_half_life,
         )
 
     def _encoders(self, creator: np.ndarray, product: np.ndarray) -> TowerEncoders:
