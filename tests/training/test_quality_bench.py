@@ -78,6 +78,20 @@ def test_bench_reads_both_text_formats_and_ease_beats_pop(
     assert len(lines) == 4 + 5 and all(line.startswith("| ") for line in lines[4:])
 
 
+def test_a_sequence_log_keeps_its_time_order(tmp_path: Path) -> None:
+    folder = tmp_path / "seq"
+    folder.mkdir()
+    (folder / "train.txt").write_text("1:30 10 20 10\n2:20\n")  # user 1 repeats good 10
+    (folder / "test.txt").write_text("1:40\n2:30\n")
+    settings = load_settings("tiny", overrides=FAST)
+    train = load_log(LogSpec.parse(f"seq=beauty:{folder}"), settings).train
+    goods = train.products.positions(np.array([30, 10, 20]))
+    when = train.first_ts_of(np.zeros(3, np.int64), goods)
+    assert when.tolist() == [0, 1, 2]  # line order, a repeat at its first place
+    lastfm = _write(tmp_path / "tsv", "lastfm")
+    assert load_log(LogSpec.parse(f"t=lastfm:{lastfm}"), settings).train.first_ts is None
+
+
 def test_cli_prints_the_table_and_writes_json(tmp_path: Path) -> None:
     data = _write(tmp_path / "toy", "beauty")
     out = tmp_path / "q.json"

@@ -34,7 +34,7 @@ import scipy.sparse as sp
 import torch
 
 from features.errors import HaowuError
-from features.matching_data import IdIndex, Interactions
+from features.matching_data import IdIndex, Interactions, unique_pairs
 from features.settings import Settings
 from models.matching.baselines import (
     ALSRecommender,
@@ -116,16 +116,19 @@ def _read_sequences(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _interactions(
-    creators: IdIndex, products: IdIndex, users: np.ndarray, items: np.ndarray
+    creators: IdIndex, products: IdIndex, users: np.ndarray, items: np.ndarray, ordered: bool
 ) -> Interactions:
+    """Unique pairs (counts and repeats dropped); an `ordered` log's line order is its time
+    order (each pair's first line), which the history's recency weights read."""
     c, p = creators.positions(users), products.positions(items)
-    key = np.unique(c * len(products) + p)  # unique pairs (counts and repeats dropped)
-    return Interactions(creators, products, key // len(products), key % len(products), None, len(c))
+    c, p, ts = unique_pairs(c, p, np.arange(len(c), dtype=np.int64) if ordered else None)
+    return Interactions(creators, products, c, p, ts, len(c))
 
 
 def _subset(inter: Interactions, mask: np.ndarray) -> Interactions:
+    ts = None if inter.first_ts is None else inter.first_ts[mask]
     return Interactions(
-        inter.creators, inter.products, inter.creator[mask], inter.product[mask], None
+        inter.creators, inter.products, inter.creator[mask], inter.product[mask], ts
     )
 
 
@@ -144,8 +147,9 @@ def load_log(spec: LogSpec, settings: Settings) -> QualityLog:
     (tu, ti), (su, si) = read(files[0]), read(files[1])
     creators = IdIndex(np.unique(np.concatenate([tu, su])))
     products = IdIndex(np.unique(np.concatenate([ti, si])))
-    train = _interactions(creators, products, tu, ti)
-    test = _interactions(creators, products, su, si).csr()
+    ordered = spec.format == "beauty"  # each line's goods in time order
+    train = _interactions(creators, products, tu, ti, ordered)
+    test = _interactions(creators, products, su, si, ordered=False).csr()
     return QualityLog(spec, MatchingJob.from_interactions(settings, train), train, test)
 
 
