@@ -46,12 +46,14 @@ class Reembedded:
 
 
 def _histories(data_dir: Path, creators: np.ndarray, products: IdIndex) -> list[np.ndarray]:
-    """Each creator's goods (model product positions, -1 unknown), oldest first."""
+    """Each creator's goods (model product positions, -1 unknown), oldest first, each
+    once at its first time (as training reads the pairs)."""
     frames = [
         batch[batch["creator_id"].isin(creators)]
         for batch in iter_table(data_dir, "interactions", columns=INTERACTION_COLUMNS)
     ]
     frame = pd.concat(frames, ignore_index=True).sort_values(["creator_id", "ts"], kind="stable")
+    frame = frame.drop_duplicates(["creator_id", "product_id"])  # keeps the first time
     goods = products.positions(frame["product_id"].to_numpy(np.int64), strict=False)
     owner = frame["creator_id"].to_numpy(np.int64)  # sorted
     lo, hi = np.searchsorted(owner, creators, "left"), np.searchsorted(owner, creators, "right")
