@@ -15,7 +15,7 @@ from models.retrieval.index import (
     UnknownIdError,
     ann_recall,
 )
-from models.retrieval.index_kinds import choose_kind, choose_nlist
+from models.retrieval.index_kinds import bitmap, choose_kind, choose_nlist, ivf_of
 
 DIM = 16
 IVF_KINDS = ["ivf_flat", "ivf_sq8", "ivf_pq_refine"]
@@ -268,6 +268,29 @@ def test_bench_index_command_on_tiny(tmp_path: Path) -> None:
         assert m[f"{side}.nprobe"] < m[f"{side}.nlist"] and m[f"{side}.build_cpu_s"] > 0
     assert m["policy.full_lists_share"] == 1.0 and 0 < m["policy.share_of_query_time"] < 1
     assert m["products.items"] == load_settings("tiny").data.n_products
+
+
+def test_refine_search_by_nearest_list_equals_faiss_order(items, queries) -> None:
+    """The re-ranked index takes its queries in order of their nearest list too: every
+    row is the one FAISS gives in the queries' own order, removed items left out."""
+    import faiss
+
+    vectors, ids = items
+    index = EmbeddingIndex.build(vectors, ids, _cfg("ivf_pq_refine", refine_k_factor=2.0))
+    index.params["nprobe"] = 4
+    index.remove(ids[::5])
+    found, scores = index.search(queries, 30)
+    padded = np.pad(queries, ((0, 0), (0, index._index.d - DIM)))
+    sel, _bits = bitmap(index._alive)
+    params = faiss.IndexRefineSearchParameters(
+        k_factor=2.0, base_index_params=faiss.SearchParametersIVF(nprobe=4, sel=sel)
+    )
+    want_ids, want = index._to_ids(*index._index.search(padded, 30, params=params))
+    cells = ivf_of(index._index).quantizer.search(padded, 1)[1][:, 0]
+    assert (np.diff(cells) < 0).any()  # the queries' own order is not the lists' order
+    np.testing.assert_array_equal(found, want_ids)
+    np.testing.assert_array_equal(scores, want)
+    assert not np.isin(found, ids[::5]).any()
 
 
 @pytest.mark.parametrize("kind", ["ivf_flat", "ivf_sq8"])
