@@ -86,8 +86,9 @@ class MatchingConfig(StrictModel):
     history_half_life: float = Field(
         0.0,
         ge=0,
-        description="> 0: a creator embedded for ranking weighs each good of its history "
-        "0.5 ** (newer goods / half_life), its latest good 1 (needs pair times)",
+        description="> 0, where pairs have times: a creator is ranked from its history "
+        "weighted 0.5 ** (goods taken since / half_life) and trained on the goods taken "
+        "before each target, weighted back from it",
     )
     tie_history: bool = Field(
         False, description="the history reads the product tower's ID rows, not its own table"

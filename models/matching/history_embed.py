@@ -30,12 +30,12 @@ def history_batch(rows: list[np.ndarray], half_life: float = 0.0) -> HistoryBatc
     lengths = np.array([len(r) for r in rows], np.int64)
     items = np.concatenate(rows).astype(np.int64) if rows else np.empty(0, np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    bag = np.repeat(np.arange(len(rows)), lengths)  # (N,) bag of each entry
     weights = np.ones(len(items), np.float32)
-    if half_life > 0 and len(items):
-        bag = np.repeat(np.arange(len(rows)), lengths)
+    if half_life > 0:
         newer = (offsets + lengths)[bag] - 1 - np.arange(len(items))  # goods after each one
         weights = recency_weights(newer, half_life)
-    counts = np.bincount(np.repeat(np.arange(len(rows)), lengths), weights, len(rows))
+    counts = np.bincount(bag, weights, len(rows))
     return HistoryBatch(
         torch.from_numpy(items),
         torch.from_numpy(offsets),

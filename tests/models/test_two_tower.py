@@ -320,6 +320,11 @@ def test_recency_weighted_creators_are_what_the_served_tower_recomputes() -> Non
     assert not np.allclose(plain.creator_vectors, recent.creator_vectors, atol=1e-3)
     again = embed_with_history(plain, rows, pd.DataFrame(index=rows), histories)
     np.testing.assert_allclose(again, plain.creator_vectors, rtol=1e-4, atol=1e-5)
+    # pairs without times: the plain mean, and the saved settings say so
+    untimed = TwoTowerTrainer(_tiny_cfg(epochs=1, history_half_life=2.0), progress=False)
+    untimed.fit(train)
+    assert untimed.cfg.history_half_life == 0.0
+    np.testing.assert_allclose(untimed.creator_vectors, plain.creator_vectors, rtol=1e-5)
 
 
 def _blocks(k: int = 4, creators: int = 30, items: int = 20, per_creator: int = 8, seed: int = 0):
