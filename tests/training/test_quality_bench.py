@@ -84,10 +84,14 @@ def test_a_sequence_log_keeps_its_time_order(tmp_path: Path) -> None:
     (folder / "train.txt").write_text("1:30 10 20 10\n2:20\n")  # user 1 repeats good 10
     (folder / "test.txt").write_text("1:40\n2:30\n")
     settings = load_settings("tiny", overrides=FAST)
-    train = load_log(LogSpec.parse(f"seq=beauty:{folder}"), settings).train
+    qlog = load_log(LogSpec.parse(f"seq=beauty:{folder}"), settings)
+    train = qlog.train
     goods = train.products.positions(np.array([30, 10, 20]))
     when = train.first_ts_of(np.zeros(3, np.int64), goods)
     assert when.tolist() == [0, 1, 2]  # line order, a repeat at its first place
+    # validated as tested: each user's latest good (user 2's only good stays in training)
+    held = qlog.validation(settings.matching)
+    assert train.products.ids[train.product[held]].tolist() == [20]
     lastfm = _write(tmp_path / "tsv", "lastfm")
     assert load_log(LogSpec.parse(f"t=lastfm:{lastfm}"), settings).train.first_ts is None
 

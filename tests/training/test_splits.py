@@ -2,7 +2,13 @@ import numpy as np
 import pytest
 
 from features.matching_data import IdIndex, Interactions
-from training.evaluation.splits import SplitError, cold_products, random_split, time_split
+from training.evaluation.splits import (
+    SplitError,
+    cold_products,
+    latest_split,
+    random_split,
+    time_split,
+)
 
 DAY = 86_400 * 10**9
 
@@ -67,3 +73,16 @@ def test_time_split_needs_time_and_a_long_enough_log() -> None:
 def test_fractions_must_leave_training() -> None:
     with pytest.raises(SplitError, match="< 1"):
         random_split(_inter([0, 0], [0, 1]), 0.5, 0.5)
+
+
+def test_latest_split_holds_out_each_creators_latest_good() -> None:
+    # creator 0 took goods 5, 3, 4 (days 2, 0, 1); creator 1 goods 1 and 2 on the same day;
+    # creator 2 has one good and stays in training
+    inter = _inter([0, 0, 0, 1, 1, 2], [3, 4, 5, 1, 2, 0], [0, 1, 2, 3, 3, 0])
+    split = latest_split(inter)
+    assert split.val.tolist() == [False, False, True, False, True, False]  # a tie: the later row
+    assert (split.train == ~split.val).all() and not split.test.any()
+    with pytest.raises(SplitError, match="times"):
+        latest_split(_inter([0, 0], [1, 2]))
+    with pytest.raises(SplitError, match="distinct products"):
+        latest_split(_inter([0, 1], [1, 2], [0, 1]))

@@ -84,6 +84,25 @@ def random_split(
     return split
 
 
+def latest_split(inter: Interactions, min_pairs: int = 2) -> Split:
+    """Each creator's latest pair (by first-seen time, then position) for validation, as
+    a leave-one-out test holds its next good; creators with fewer than `min_pairs` pairs
+    stay in training. The test part is empty: the log brings its own."""
+    if inter.first_ts is None:
+        raise SplitError("a latest-good split needs the pairs' times")
+    order = np.lexsort((np.arange(inter.n_pairs), inter.first_ts, inter.creator))
+    creator = inter.creator[order]
+    last = np.ones(len(order), bool)
+    last[:-1] = creator[1:] != creator[:-1]
+    counts = np.bincount(inter.creator, minlength=len(inter.creators))
+    val = np.zeros(inter.n_pairs, bool)
+    val[order[last]] = counts[creator[last]] >= max(min_pairs, 2)
+    split = Split("latest", ~val, val, np.zeros(inter.n_pairs, bool))
+    if not val.any():
+        raise SplitError(f"no creator has >= {max(min_pairs, 2)} distinct products to split")
+    return split
+
+
 def time_split(inter: Interactions, test_days: float, val_days: float = 0.0) -> Split:
     """Global time cut at `max(ts) - test_days` (validation: the `val_days` before)."""
     if inter.first_ts is None:

@@ -12,10 +12,12 @@ Formats of `--log NAME=FORMAT:DIR`:
 
 Train and test share one ID space (their union, so a test-only item is still ranked).
 Every model sees the same training matrix; every item is ranked and the user's training
-items are masked. Validation is carved from the training pairs with the job's random
-split: the two-tower early-stops on it (then, as the job does, refits on all training
-pairs: `refit_warm_epochs` on from the early-stopped model), ALS and EASE pick their grid
-point on it and are refit on all training pairs. Pop and ItemKNN have nothing to tune.
+items are masked. Validation is carved from the training pairs as the test is: each
+user's latest good for a sequence log (`beauty`, whose test is the next good), else the
+job's random split. The two-tower early-stops on it (then, as the job does, refits on
+all training pairs: `refit_warm_epochs` on from the early-stopped model), ALS and EASE
+pick their grid point on it and are refit on all training pairs. Pop and ItemKNN have
+nothing to tune.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import torch
 
 from features.errors import HaowuError
 from features.matching_data import IdIndex, Interactions, unique_pairs
-from features.settings import Settings
+from features.settings import MatchingConfig, Settings
 from models.matching.baselines import (
     ALSRecommender,
     EASERecommender,
@@ -44,7 +46,7 @@ from models.matching.baselines import (
 )
 from models.matching.recommender import Recommender
 from training.evaluation.evaluate import EvalTask, evaluate
-from training.evaluation.splits import random_split
+from training.evaluation.splits import latest_split, random_split
 from training.matching.job import MODEL, MatchingJob
 
 log = logging.getLogger(__name__)
@@ -95,6 +97,14 @@ class QualityLog:
     def metrics(self) -> list[str]:
         metric, k = FORMATS[self.spec.format]
         return [f"{metric}@{k}", f"ndcg@{k}"]
+
+    def validation(self, cfg: MatchingConfig) -> np.ndarray:
+        """(n_pairs,) the training pairs held out for validation, carved as the test is:
+        a sequence log's latest good per user (its test is the next one), else the job's
+        random split."""
+        if self.spec.format == "beauty":
+            return latest_split(self.train).val
+        return random_split(self.train, cfg.val_fraction, cfg.test_fraction, cfg.seed).val
 
 
 def _read_tsv(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -192,9 +202,9 @@ def bench_log(
     """Fit and score every asked model on one log."""
     job, cfg = qlog.job, qlog.job.mcfg
     main, k = FORMATS[qlog.spec.format]
-    carve = random_split(qlog.train, cfg.val_fraction, cfg.test_fraction, cfg.seed)
-    fit_pairs = qlog.train.csr(~carve.val)  # the split's own test part stays in training
-    val = qlog.train.csr(carve.val)
+    carve = qlog.validation(cfg)
+    fit_pairs = qlog.train.csr(~carve)  # a random split's own test part stays in training
+    val = qlog.train.csr(carve)
     full = qlog.train.csr()
     val_task, test_task = _task("val", val, fit_pairs), _task("test", qlog.test, full)
     grid_metric = f"{main}@{k}"

@@ -84,8 +84,8 @@ def from_log(settings: Settings, spec: LogSpec) -> TuneData:
     """A public log with its own test file (formats of `haowu bench quality`)."""
     cfg = settings.matching
     qlog = load_log(spec, settings)
-    carve = random_split(qlog.train, cfg.val_fraction, cfg.test_fraction, cfg.seed)
-    val = qlog.train.csr(carve.val)
+    carve = qlog.validation(cfg)
+    val = qlog.train.csr(carve)
     _check_val(val, spec.name)
     full = qlog.train.csr()
     if spec.format == "pairs":
@@ -96,7 +96,7 @@ def from_log(settings: Settings, spec: LogSpec) -> TuneData:
     return TuneData(
         name=spec.name,
         job=qlog.job,
-        fit=qlog.train.csr(~carve.val),  # the carve's own test part stays in training
+        fit=qlog.train.csr(~carve),  # a random carve's own test part stays in training
         val=val,
         full=full,
         test=EvalTask("test", np.flatnonzero(np.diff(qlog.test.indptr) > 0), qlog.test, full),
