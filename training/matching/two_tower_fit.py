@@ -242,12 +242,13 @@ class TwoTowerTrainer(TwoTowerRecommender):
         """Each creator's goods in `pairs`, as the creator tower reads them."""
         cfg = self.cfg
         assert self.encoders is not None
-        times = None
         if cfg.history_half_life > 0 and self.pair_times is None:
             log.warning("history_half_life: the pairs have no times, so the history is a mean")
             # the saved settings say what the model did, so the served re-embedding agrees
             self.cfg = cfg = cfg.model_copy(update={"history_half_life": 0.0})
-        if cfg.history_half_life > 0 and self.pair_times is not None:
+        times = None
+        if cfg.history_half_life > 0:
+            assert self.pair_times is not None
             coo = pairs.tocoo()
             times = self.pair_times(coo.row, coo.col)
         return CreatorHistory(
