@@ -53,6 +53,7 @@ class SideFeatureSchedule(StrictModel):
     patience: int | None = Field(None, ge=0)
     min_gain: float | None = Field(None, ge=0)
     refit_warm_epochs: int | None = Field(None, ge=0)
+    history_dropout: float | None = Field(None, ge=0, lt=1)
 
 
 class MatchingConfig(StrictModel):
@@ -89,6 +90,13 @@ class MatchingConfig(StrictModel):
         description="> 0, where pairs have times: a creator is ranked from its history "
         "weighted 0.5 ** (goods taken since / half_life) and trained on the goods taken "
         "before each target, weighted back from it",
+    )
+    history_dropout: float = Field(
+        0.25,
+        ge=0,
+        lt=1,
+        description="share of a training bag's goods left out at random each batch "
+        "(denoising: the tower learns to place a creator from part of its history)",
     )
     tie_history: bool = Field(
         False, description="the history reads the product tower's ID rows, not its own table"

@@ -33,11 +33,13 @@ class CreatorHistory:
         pooling: str = "mean",
         times: np.ndarray | None = None,
         half_life: float = 0.0,
+        dropout: float = 0.0,
     ) -> None:
         """`train`: (n_creators, n_products) training pairs; `product_rows`: product
         position -> row of the history table (0 = OOV, as for the product IDs);
         `pooling`: "mean" or "idf" (each good weighted by log((1 + n) / (1 + df)) + 1);
-        `times`: when each of `train.tocoo()`'s pairs was first seen, for `half_life`."""
+        `times`: when each of `train.tocoo()`'s pairs was first seen, for `half_life`;
+        `dropout`: share of a training bag's goods left out at random, each batch."""
         coo = train.tocoo()
         self.item_weight = (
             idf_weights(train) if pooling == "idf" else np.ones(train.shape[1], np.float32)
@@ -60,6 +62,7 @@ class CreatorHistory:
         self.newer = rank[keep] if recency else None
         self.recency = recency_weights(rank[keep], half_life) if recency else None
         self.half_life = half_life
+        self.dropout, self._rng = dropout, rng
 
     def batch(self, creators: np.ndarray, leave_out: np.ndarray | None = None) -> HistoryBatch:
         """Bags of `creators` (B,); `leave_out` (B,) product positions weighted 0 in their
@@ -85,6 +88,8 @@ class CreatorHistory:
             weights *= np.where(
                 since >= 0, recency_weights(np.maximum(since, 0), self.half_life), 0
             )
+        if leave_out is not None and self.dropout > 0:
+            weights[self._rng.random(len(weights)) < self.dropout] = 0.0
         counts = np.bincount(bag, weights=weights, minlength=len(creators)).astype(np.float32)
         return HistoryBatch(
             torch.from_numpy(self.rows[flat]),

@@ -31,6 +31,19 @@ def test_long_histories_are_sampled_to_the_cap() -> None:
     assert set(bags.items[2:].tolist()) <= {0, 2, 3, 4}
 
 
+def test_dropout_leaves_goods_out_of_training_bags_but_never_of_ranking_bags() -> None:
+    # one creator with 400 goods: a quarter of its training bag is left out at random,
+    # a different quarter each batch; ranking reads every good
+    many = sp.csr_matrix(np.ones((1, 400), np.float32))
+    history = CreatorHistory(many, np.arange(400), 0, np.random.default_rng(0), dropout=0.25)
+    first, second = (history.batch(np.array([0]), leave_out=np.array([0])) for _ in range(2))
+    for bags in (first, second):
+        assert 399 * 0.65 < bags.counts.item() < 399 * 0.85
+        assert bags.counts.item() == bags.weights.sum().item()  # the mean divides by what is kept
+    assert not torch.equal(first.weights, second.weights)
+    assert history.batch(np.array([0])).counts.item() == 400.0
+
+
 def test_tower_reads_the_mean_history_and_zeros_without_one() -> None:
     cfg = TwoTowerConfig(TowerSpec(4, [], 0, history_rows=5), TowerSpec(5), id_dim=4, out_dim=4)
     model = TwoTower(cfg).eval()

@@ -259,6 +259,7 @@ class TwoTowerTrainer(TwoTowerRecommender):
             cfg.history_pooling,
             times,
             cfg.history_half_life,
+            cfg.history_dropout,
         )
 
     def _encoders(self, creator: np.ndarray, product: np.ndarray) -> TowerEncoders:
