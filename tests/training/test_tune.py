@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import optuna
 import pytest
 import yaml
@@ -231,3 +232,24 @@ def test_tune_needs_exactly_one_source(mini_data: Path, tmp_path: Path) -> None:
     both = ["tune", "--data", str(mini_data), "--log", "x=lastfm:/nowhere", "--preset", "tiny"]
     result = CliRunner().invoke(app, both)
     assert result.exit_code == 1 and "give one of --data DIR or --log" in result.output
+
+
+def test_a_log_without_times_does_not_search_the_history_order(tmp_path: Path) -> None:
+    from training.matching.quality import LogSpec
+
+    rng = np.random.default_rng(0)  # 80 users in 4 blocks of 15 goods, 6 goods each
+    rows = [
+        f"{u + 1}\t{(u // 20) * 15 + g + 1}\t3"
+        for u in range(80)
+        for g in rng.choice(15, 6, replace=False)
+    ]
+    log_dir = tmp_path / "log"
+    log_dir.mkdir()
+    (log_dir / "train.txt").write_text("\n".join(r for i, r in enumerate(rows) if i % 6) + "\n")
+    (log_dir / "test.txt").write_text("\n".join(r for i, r in enumerate(rows) if not i % 6))
+    settings = load_settings("tiny", overrides=FAST)
+    assert "history_half_life" in settings.tune.two_tower  # searched where there are times
+    out = tmp_path / "best.yaml"
+    run(settings, LogSpec.parse(f"toy=lastfm:{log_dir}"), out, trials=1)
+    tuned = yaml.safe_load(out.read_text())["matching"]
+    assert "history_half_life" not in tuned and "history_dropout" in tuned
