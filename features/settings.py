@@ -323,6 +323,7 @@ class IndexConfig(StrictModel):
     max_nlist: int = Field(4096, gt=0)
     train_points_per_list: int = Field(40, ge=39)
     norm_augment: bool = True
+    norm_augment_min_spread: float = Field(0.001, ge=0)
     coarse_quantizer: Literal["flat", "hnsw"] = "flat"
     hnsw_m: int = Field(32, gt=1)
     hnsw_ef_search: int = Field(64, gt=0)

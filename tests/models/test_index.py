@@ -370,3 +370,16 @@ def test_search_with_nprobe_past_nlist_probes_every_list(items, queries) -> None
     index.params["nprobe"] = 10_000  # more lists than there are: every list, exact
     np.testing.assert_array_equal(index.search(queries, 10)[0], index.exact(queries, 10)[0])
     assert index.search(queries[:0], 10)[0].shape == (0, 10)
+
+
+@pytest.mark.parametrize("kind", IVF_KINDS)
+def test_vectors_of_one_norm_get_no_norm_column(kind, items, queries) -> None:
+    unit = _unit_tight(3000, seed=3, spread=0.5)
+    index = EmbeddingIndex.build(unit, np.arange(3000), _cfg(kind))
+    assert index.params["stored_dim"] == DIM and index.params["norm_max"] is None
+    found, _ = index.search(_unit_tight(50, seed=4, spread=0.5), 10)
+    assert (found >= 0).all()
+    # varying norms keep it: IVF cells then group items by norm as well as direction
+    vectors, ids = items
+    varied = EmbeddingIndex.build(vectors, ids, _cfg(kind))
+    assert varied.params["stored_dim"] == DIM + 2 and varied.params["norm_max"] > 0
