@@ -245,10 +245,8 @@ class EmbeddingIndex:
         # in order of the nearest list: the probed lists' codes and the re-ranked goods'
         # vectors are still in cache for the next query (20,000 creators over the 10M
         # goods, one thread: 4,291 -> 5,527 q/s, the same results)
-        _, cells = ivf_of(self._index).quantizer.search(queries, 1)
-        order = np.argsort(cells[:, 0], kind="stable")
+        order, back = by_nearest_list(ivf_of(self._index).quantizer.search(queries, 1)[1])
         scores, labels = self._index.search(np.ascontiguousarray(queries[order]), k, params=params)
-        back = inverse(order)
         return self._to_ids(scores[back], labels[back])
 
     def _search_by_cell(
@@ -260,7 +258,7 @@ class EmbeddingIndex:
         ivf = ivf_of(self._index)
         params.nprobe = min(int(params.nprobe), int(ivf.nlist))  # the width of `cells`
         dist, cells = ivf.quantizer.search(queries, params.nprobe)
-        order = np.argsort(cells[:, 0], kind="stable")
+        order, back = by_nearest_list(cells)
         x, cells, dist = (np.ascontiguousarray(a[order]) for a in (queries, cells, dist))
         n = len(x)
         scores, labels = np.empty((n, k), np.float32), np.empty((n, k), np.int64)
@@ -269,7 +267,6 @@ class EmbeddingIndex:
             n, faiss.swig_ptr(x), k, faiss.swig_ptr(cells), faiss.swig_ptr(dist),
             faiss.swig_ptr(scores), faiss.swig_ptr(labels), False, params,
         )  # fmt: skip
-        back = inverse(order)
         return scores[back], labels[back]
 
     def exact(
@@ -454,8 +451,10 @@ class EmbeddingIndex:
         return out
 
 
-def inverse(order: np.ndarray) -> np.ndarray:
-    """The permutation that puts rows taken in `order` back in their own order."""
+def by_nearest_list(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(order, back): the queries grouped by their nearest list (`cells[:, 0]`, from the
+    coarse quantizer), and the permutation that puts results taken in that order back."""
+    order = np.argsort(cells[:, 0], kind="stable")
     back = np.empty_like(order)
     back[order] = np.arange(len(order))
-    return back
+    return order, back

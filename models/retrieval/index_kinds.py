@@ -169,10 +169,10 @@ def make_index(vectors: np.ndarray, cfg: IndexConfig) -> tuple[str, faiss.Index,
     if kind == "flat":
         index: faiss.Index = faiss.IndexFlatIP(dim)
     else:
-        norms = np.sqrt(squared_norms(vectors))
         # + the norm column, + a zero column to keep the width even; vectors of one norm
         # (unit-normalised towers) would get a column of zeros that only slows the scan
-        if cfg.norm_augment and norms.max() - norms.min() > cfg.norm_augment_min_spread:
+        norms = np.sqrt(squared_norms(vectors)) if cfg.norm_augment else None
+        if norms is not None and norms.max() - norms.min() > cfg.norm_augment_min_spread:
             params["norm_max"] = float(norms.max())
             params["stored_dim"] = dim + (2 if dim % 2 == 0 else 1)
         dim = params["stored_dim"]
