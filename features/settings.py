@@ -46,6 +46,10 @@ class RegistryConfig(StrictModel):
     )
 
 
+# a half-life in goods (0 = the history is a mean), or "auto": chosen on the validation
+HalfLife = Annotated[float, Field(ge=0)] | Literal["auto"]
+
+
 class SideFeatureSchedule(StrictModel):
     """What replaces the training schedule on data with side features (the platform's own
     tables, not an ID-only log); None keeps the general setting."""
@@ -54,6 +58,7 @@ class SideFeatureSchedule(StrictModel):
     min_gain: float | None = Field(None, ge=0)
     refit_warm_epochs: int | None = Field(None, ge=0)
     history_dropout: float | None = Field(None, ge=0, lt=1)
+    history_half_life: HalfLife | None = None
 
 
 class MatchingConfig(StrictModel):
@@ -84,12 +89,24 @@ class MatchingConfig(StrictModel):
     history_pooling: Literal["mean", "idf"] = Field(
         "mean", description="mean of the history's goods, or weighted by their rarity (IDF)"
     )
-    history_half_life: float = Field(
+    # 0 here, "auto" in configs/matching/default.yaml: a model saved before the setting
+    # existed read a mean, and a saved model's settings hold the half-life it trained with
+    history_half_life: HalfLife = Field(
         0.0,
-        ge=0,
         description="> 0, where pairs have times: a creator is ranked from its history "
         "weighted 0.5 ** (goods taken since / half_life) and trained on the goods taken "
-        "before each target, weighted back from it",
+        "before each target, weighted back from it; auto: 0 or one of "
+        "history_half_life_candidates, whichever an item-kNN probe scores best on the "
+        "validation",
+    )
+    history_half_life_candidates: list[Annotated[float, Field(gt=0)]] = Field(
+        default=[2.0, 8.0], description="the half-lives `auto` tries against 0"
+    )
+    history_half_life_min_gain: float = Field(
+        0.02,
+        ge=0,
+        description="auto keeps 0 unless a half-life lifts the probe's validation score by "
+        "this share",
     )
     # 0 here, 0.25 in configs/matching/default.yaml: a model saved before the setting
     # existed trained without it, and its fine-tune reads its saved settings

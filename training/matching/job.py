@@ -64,11 +64,12 @@ from models.matching.baselines import (
     PopularityRecommender,
 )
 from models.matching.recommender import Recommender
-from training.evaluation.evaluate import EvalResult, make_task
+from training.evaluation.evaluate import EvalResult, EvalTask, make_task
 from training.evaluation.evaluate import evaluate as run_eval
 from training.evaluation.oracle_model import OracleRecommender
 from training.evaluation.splits import Split, SplitError, cold_products, random_split, time_split
 from training.lifecycle import tracking
+from training.matching.history_order import resolve_half_life
 from training.matching.tuned import check_tuned_on, side_columns
 from training.matching.two_tower_fit import TwoTowerTrainer
 from training.matching.verdict import (
@@ -168,6 +169,7 @@ class MatchingJob:
         self.history: dict[str, list[dict[str, float]]] = {}
         self.timings: dict[str, float] = {}
         self.verdicts: dict[str, Verdict] = {}
+        self.half_lives: dict[str, float] = {}  # protocol -> the history half-life trained
         self.best_epoch = self.mcfg.epochs
 
     def two_tower(self, cfg: MatchingConfig | None = None, curve: str = "") -> TwoTowerTrainer:
@@ -198,7 +200,9 @@ class MatchingJob:
                     "cold", inter, split.test, seen, cfg.eval_creators, cfg.seed, cold
                 )
         start = time.perf_counter()
-        model = self.two_tower(curve=split.name).fit(train, val)
+        two_tower_cfg = self.resolve_half_life(train, self._val_task(split))
+        self.half_lives[split.name] = float(two_tower_cfg.history_half_life)
+        model = self.two_tower(two_tower_cfg, curve=split.name).fit(train, val)
         self.timings[f"{split.name}_train_seconds"] = time.perf_counter() - start
         self.timings[f"{split.name}_epoch_seconds"] = model.seconds_per_epoch
         self.history[split.name] = model.history
@@ -233,7 +237,12 @@ class MatchingJob:
         protocol's model, which has learnt most of it already
         (training/matching/warm_start.py). `curve`: the MLflow prefix of its learning
         curve ("" = not logged)."""
-        cfg, inter = self.mcfg, self.inter
+        inter = self.inter
+        # the half-life the first protocol's validation chose (none ran: auto reads a mean)
+        half_life = first.cfg.history_half_life if first is not None else 0.0
+        cfg = self.mcfg
+        if cfg.history_half_life == "auto" or first is not None:
+            cfg = cfg.model_copy(update={"history_half_life": half_life})
         pairs = inter.csr() if pairs is None else pairs
         if first is None or not cfg.refit_warm_epochs:
             refit_cfg = cfg.model_copy(update={"epochs": max(self.best_epoch, 1)})
@@ -251,13 +260,26 @@ class MatchingJob:
         warm = carry(first, *ids, *ids, coo.row, coo.col, cfg.min_id_count)
         return self.two_tower(refit_cfg, curve=curve).fit(pairs, warm=warm)
 
+    def resolve_half_life(
+        self, train: sp.csr_matrix, val: EvalTask, cfg: MatchingConfig | None = None
+    ) -> MatchingConfig:
+        """`cfg` (default: the job's settings) with `history_half_life: auto` decided on
+        `val` (training/matching/history_order.py)."""
+        times = self.inter.first_ts_of if self.inter.first_ts is not None else None
+        return resolve_half_life(cfg or self.mcfg, train, val, times)
+
+    def _val_task(self, split: Split) -> EvalTask:
+        """The split's validation pairs, on a sample of creators (`val_creators`)."""
+        cfg = self.mcfg
+        sample = cfg.val_sample(len(self.inter.products))
+        return make_task("val", self.inter, split.val, split.train, sample, cfg.seed)
+
     def _judge(self, split: Split, models: dict[str, Recommender]) -> None:
         """Score every model on the split's validation pairs: which won, by how much."""
         cfg = self.mcfg
         if not split.val.any():
             return
-        sample = cfg.val_sample(len(self.inter.products))
-        task = make_task("val", self.inter, split.val, split.train, sample, cfg.seed)
+        task = self._val_task(split)
         k = cfg.early_stop_k
         scores = {
             name: run_eval(m, task, [k], None, cfg.eval_batch).metrics[f"recall@{k}"]
@@ -285,6 +307,8 @@ class MatchingJob:
                     out[f"{PROTOCOL_PREFIX[protocol]}oracle_ratio@{k}"] = (
                         model / ref if ref else 0.0
                     )
+        for protocol, half_life in self.half_lives.items():
+            out[f"{PROTOCOL_PREFIX[protocol]}history_half_life"] = half_life
         out.update({k: float(v) for k, v in self.timings.items()})
         out["best_epoch"] = float(self.best_epoch)
         out["pairs"] = float(self.inter.n_pairs)

@@ -218,12 +218,14 @@ def bench_log(
         start = time.perf_counter()
         setting, validation = "", []
         if name == MODEL:
-            first = job.two_tower().fit(fit_pairs, val)
+            first = job.two_tower(job.resolve_half_life(fit_pairs, val_task)).fit(fit_pairs, val)
             job.best_epoch = epochs = max(first.best_epoch, 1)
             validation = first.history
             model = job.refit(first, full, curve="") if cfg.refit_all else first  # as the job
             refit = f" + {cfg.refit_warm_epochs} on all" if cfg.refit_warm_epochs else ""
-            setting = f"{cfg.loss}, {epochs} epochs{refit}"
+            half_life = first.cfg.history_half_life
+            order = f", half-life {half_life:g}" if half_life else ""
+            setting = f"{cfg.loss}{order}, {epochs} epochs{refit}"
         elif name == "pop":
             model = PopularityRecommender().fit(full)
         elif name == "itemknn":

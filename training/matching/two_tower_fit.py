@@ -132,6 +132,13 @@ class TwoTowerTrainer(TwoTowerRecommender):
         instead of fitting new ones; `history`: the pairs the creator tower reads as each
         creator's history, when they are more than the pairs trained on (fine-tuning
         trains on a day's pairs, but a creator's history is everything it promoted)."""
+        if self.cfg.history_half_life == "auto":  # a saved model says the half-life it read
+            if self.pair_times is not None:
+                raise ValueError(
+                    "history_half_life: auto is decided on a validation before training "
+                    "(MatchingJob.resolve_half_life), not by the trainer"
+                )
+            self.cfg = self.cfg.model_copy(update={"history_half_life": 0.0})  # no times: a mean
         threads = torch.get_num_threads()
         torch.set_num_threads(self.cfg.threads)  # 2 cores: more threads only contend
         try:
