@@ -61,22 +61,22 @@ def test_goods_since_counts_the_later_goods_of_each_row() -> None:
 
 def test_a_log_whose_next_good_follows_the_last_reads_its_order() -> None:
     train, val, times = _probe_inputs(np.full(120, LENGTH - 1))  # the latest step held out
-    resolved = resolve_half_life(_cfg(), train, val, times)
+    resolved = resolve_half_life(_cfg(), train, val, times)[0]
     assert resolved.history_half_life in (2.0, 8.0)
 
 
 def test_a_random_share_held_out_keeps_the_mean() -> None:
     held = np.random.default_rng(1).integers(1, LENGTH - 1, 120)  # a middle step held out
     train, val, times = _probe_inputs(held)
-    assert resolve_half_life(_cfg(), train, val, times).history_half_life == 0.0
+    assert resolve_half_life(_cfg(), train, val, times)[0].history_half_life == 0.0
 
 
 def test_auto_without_times_or_validation_is_a_mean_and_numbers_pass_through() -> None:
     train, val, times = _probe_inputs(np.full(120, LENGTH - 1))
-    assert resolve_half_life(_cfg(), train, val, None).history_half_life == 0.0
+    assert resolve_half_life(_cfg(), train, val, None)[0].history_half_life == 0.0
     empty = EvalTask("val", np.array([], dtype=np.int64), val.truth, train)
-    assert resolve_half_life(_cfg(), train, empty, times).history_half_life == 0.0
-    assert resolve_half_life(_cfg(4), train, val, times).history_half_life == 4.0
+    assert resolve_half_life(_cfg(), train, empty, times)[0].history_half_life == 0.0
+    assert resolve_half_life(_cfg(4), train, val, times)[0].history_half_life == 4.0
 
 
 def test_the_trainer_refuses_an_undecided_half_life_where_there_are_times() -> None:
@@ -87,6 +87,31 @@ def test_the_trainer_refuses_an_undecided_half_life_where_there_are_times() -> N
         timed.fit(train)
     untimed = TwoTowerTrainer(_cfg().model_copy(update={"epochs": 1}), progress=False)
     assert untimed.fit(train).cfg.history_half_life == 0.0  # no times: a mean, saved as 0
+
+
+def test_the_job_trains_and_reports_the_half_life_its_validation_chose() -> None:
+    """A protocol whose validation is each creator's next good: the job probes, trains at
+    the chosen half-life, and says so in its metrics and notes."""
+    from features.matching_data import IdIndex, Interactions
+    from training.evaluation.splits import Split
+    from training.matching.job import MatchingJob
+
+    walks = _walks()
+    step = np.tile(np.arange(LENGTH), len(walks))
+    user = np.repeat(np.arange(len(walks)), LENGTH)
+    ids = IdIndex(np.arange(len(walks))), IdIndex(np.arange(N_ITEMS))
+    inter = Interactions(*ids, user, walks.ravel(), step.astype(np.int64), len(user))
+    fast = ["matching.id_dim=8", "matching.hidden=[16]", "matching.out_dim=8", "matching.epochs=1"]
+    job = MatchingJob.from_interactions(
+        load_settings("tiny", overrides=[*fast, "matching.early_stop_k=1"]), inter
+    )
+    split = Split("random", step < LENGTH - 2, step == LENGTH - 2, step == LENGTH - 1)
+    model = job.run_protocol(split)
+    assert model.cfg.history_half_life in (2.0, 8.0)
+    assert job.metrics()["history_half_life"] == model.cfg.history_half_life
+    assert job.order_notes["random"].startswith(
+        f"history_half_life auto: {model.cfg.history_half_life:g} ("
+    )
 
 
 def test_the_quality_bench_trains_a_sequence_log_in_its_order(tmp_path: Path) -> None:

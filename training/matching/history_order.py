@@ -60,25 +60,24 @@ def resolve_half_life(
     train: sp.csr_matrix,
     val: EvalTask,
     pair_times: PairTimes | None,
-) -> MatchingConfig:
+) -> tuple[MatchingConfig, str]:
     """`cfg` with `history_half_life: auto` replaced by a number: 0 without pair times or
     validation pairs, else the probe's best half-life if it beats the mean by
-    `history_half_life_min_gain` (a share), else 0. Any other value passes through."""
+    `history_half_life_min_gain` (a share), else 0; and one line saying why ("" when the
+    setting was a number already, which passes through)."""
     if cfg.history_half_life != "auto":
-        return cfg
+        return cfg, ""
     half_life = 0.0
     if pair_times is None or len(val.creators) == 0:
         why = "no times" if pair_times is None else "no validation pairs"
-        log.info("history_half_life auto: 0 (%s)", why)
     else:
         scores = probe_scores(cfg, train, val, pair_times)
         best = max(scores, key=lambda h: scores[h])
         if scores[best] > scores[0.0] * (1 + cfg.history_half_life_min_gain):
             half_life = best
-        log.info(
-            "history_half_life auto: %g (item-kNN validation recall@%d by half-life: %s)",
-            half_life,
-            cfg.early_stop_k,
-            ", ".join(f"{h:g}: {s:.4f}" for h, s in scores.items()),
+        why = f"item-kNN validation recall@{cfg.early_stop_k} by half-life: " + ", ".join(
+            f"{h:g}: {s:.4f}" for h, s in scores.items()
         )
-    return cfg.model_copy(update={"history_half_life": half_life})
+    line = f"history_half_life auto: {half_life:g} ({why})"
+    log.info(line)
+    return cfg.model_copy(update={"history_half_life": half_life}), line

@@ -170,6 +170,7 @@ class MatchingJob:
         self.timings: dict[str, float] = {}
         self.verdicts: dict[str, Verdict] = {}
         self.half_lives: dict[str, float] = {}  # protocol -> the history half-life trained
+        self.order_notes: dict[str, str] = {}  # protocol -> how `auto` chose it
         self.best_epoch = self.mcfg.epochs
 
     def two_tower(self, cfg: MatchingConfig | None = None, curve: str = "") -> TwoTowerTrainer:
@@ -200,8 +201,10 @@ class MatchingJob:
                     "cold", inter, split.test, seen, cfg.eval_creators, cfg.seed, cold
                 )
         start = time.perf_counter()
-        two_tower_cfg = self.resolve_half_life(train, self._val_task(split))
+        two_tower_cfg, why = self.resolve_half_life(train, self._val_task(split))
         self.half_lives[split.name] = float(two_tower_cfg.history_half_life)
+        if why:
+            self.order_notes[split.name] = why
         model = self.two_tower(two_tower_cfg, curve=split.name).fit(train, val)
         self.timings[f"{split.name}_train_seconds"] = time.perf_counter() - start
         self.timings[f"{split.name}_epoch_seconds"] = model.seconds_per_epoch
@@ -262,9 +265,9 @@ class MatchingJob:
 
     def resolve_half_life(
         self, train: sp.csr_matrix, val: EvalTask, cfg: MatchingConfig | None = None
-    ) -> MatchingConfig:
+    ) -> tuple[MatchingConfig, str]:
         """`cfg` (default: the job's settings) with `history_half_life: auto` decided on
-        `val` (training/matching/history_order.py)."""
+        `val`, and why (training/matching/history_order.py)."""
         times = self.inter.first_ts_of if self.inter.first_ts is not None else None
         return resolve_half_life(cfg or self.mcfg, train, val, times)
 
@@ -363,6 +366,14 @@ def _verdict_markdown(verdicts: dict[str, Verdict]) -> str:
         return ""
     lines = ["", "### validation: which model won", ""]
     lines += [f"- {v.line()}" for v in verdicts.values()]
+    return "\n".join(lines) + "\n"
+
+
+def _notes_markdown(title: str, notes: dict[str, str]) -> str:
+    if not notes:
+        return ""
+    lines = ["", f"### {title}", ""]
+    lines += [f"- protocol {protocol}: {note}" for protocol, note in notes.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -475,7 +486,9 @@ def run(
             table = _table(job)
             table.to_csv(staging / "metrics.csv", index=False)
             (staging / "metrics.md").write_text(
-                _markdown(table, mcfg.eval_k) + _verdict_markdown(job.verdicts)
+                _markdown(table, mcfg.eval_k)
+                + _verdict_markdown(job.verdicts)
+                + _notes_markdown("history order", job.order_notes)
             )
             write_json(metrics, staging / METRICS)
             write_json(job.history, staging / HISTORY)

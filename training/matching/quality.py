@@ -218,7 +218,8 @@ def bench_log(
         start = time.perf_counter()
         setting, validation = "", []
         if name == MODEL:
-            first = job.two_tower(job.resolve_half_life(fit_pairs, val_task)).fit(fit_pairs, val)
+            ordered = job.resolve_half_life(fit_pairs, val_task)[0]  # `auto` decided
+            first = job.two_tower(ordered).fit(fit_pairs, val)
             job.best_epoch = epochs = max(first.best_epoch, 1)
             validation = first.history
             model = job.refit(first, full, curve="") if cfg.refit_all else first  # as the job

@@ -235,7 +235,7 @@ def run(
         data = from_folder(settings, source)
     if data.job.inter.first_ts is None and space[MODEL].pop("history_half_life", None):
         log.info("history_half_life not searched: %s has no times", data.name)
-    base = data.job.resolve_half_life(data.fit, data.val_task, base)  # auto, if not searched
+    base = data.job.resolve_half_life(data.fit, data.val_task, base)[0]  # auto, if not searched
     torch.set_num_threads(base.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own line per trial
     metric = f"recall@{base.early_stop_k}"
