@@ -177,7 +177,8 @@ class _HistoryRecommender(Recommender):
         self.popularity: np.ndarray | None = None
 
     def _fit_history(self, train: sp.csr_matrix) -> sp.csr_matrix:
-        self.history = sp.csr_matrix(train, dtype=np.float32)
+        # a copy: the caller's matrix may be float32 already, and is not ours to binarise
+        self.history = sp.csr_matrix(train, dtype=np.float32, copy=True)
         self.history.data[:] = 1.0
         self.popularity = _popularity(train)
         self.n_products = train.shape[1]

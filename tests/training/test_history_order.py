@@ -61,8 +61,10 @@ def test_goods_since_counts_the_later_goods_of_each_row() -> None:
 
 def test_a_log_whose_next_good_follows_the_last_reads_its_order() -> None:
     train, val, times = _probe_inputs(np.full(120, LENGTH - 1))  # the latest step held out
+    train.data = train.data.astype(np.float32)  # as Interactions.csr() makes it
     resolved = resolve_half_life(_cfg(), train, val, times)[0]
     assert resolved.history_half_life in (2.0, 8.0)
+    assert (train.data == 1).all()  # the probe weighs its own copy, not the training pairs
 
 
 def test_a_random_share_held_out_keeps_the_mean() -> None:
