@@ -240,11 +240,10 @@ class MatchingJob:
         protocol's model, which has learnt most of it already
         (training/matching/warm_start.py). `curve`: the MLflow prefix of its learning
         curve ("" = not logged)."""
-        inter = self.inter
-        # the half-life the first protocol's validation chose (none ran: auto reads a mean)
-        half_life = first.cfg.history_half_life if first is not None else 0.0
-        cfg = self.mcfg
-        if cfg.history_half_life == "auto" or first is not None:
+        cfg, inter = self.mcfg, self.inter
+        if first is not None or cfg.history_half_life == "auto":
+            # the half-life the first protocol's validation chose (none ran: auto is a mean)
+            half_life = first.cfg.history_half_life if first is not None else 0.0
             cfg = cfg.model_copy(update={"history_half_life": half_life})
         pairs = inter.csr() if pairs is None else pairs
         if first is None or not cfg.refit_warm_epochs:
