@@ -136,3 +136,15 @@ def test_the_quality_bench_trains_a_sequence_log_in_its_order(tmp_path: Path) ->
     record = run_quality(specs, settings, models=["two_tower"])
     assert "half-life" in record["seq"]["models"]["two_tower"]["setting"]
     assert "half-life" not in record["bag"]["models"]["two_tower"]["setting"]
+
+
+def test_the_pipeline_summary_shows_a_chosen_time_order() -> None:
+    from training.pipeline.summary import _matching, format_summary
+
+    metrics = {"recall@50": 0.3, "history_half_life": 2.0, "time_history_half_life": 0.0}
+    text = format_summary({"matching": _matching(metrics)})
+    assert "history in time order (random)    half-life 2 goods" in text
+    assert "(time)" not in text  # a mean is the usual case: no line
+    assert "history in time order" not in format_summary(
+        {"matching": _matching({"recall@50": 0.3})}
+    )

@@ -70,6 +70,13 @@ def _matching(metrics: dict[str, float], k: int = 50) -> dict[str, Any]:
             }
     if verdicts:
         out["validation"] = verdicts
+    half_lives = {
+        protocol: metrics[f"{prefix}history_half_life"]
+        for protocol, prefix in (("random", ""), ("time", "time_"))
+        if metrics.get(f"{prefix}history_half_life")  # shown where the history has an order
+    }
+    if half_lives:
+        out["history_half_life"] = half_lives
     return out
 
 
@@ -161,6 +168,8 @@ def format_summary(summary: dict[str, Any]) -> str:
                 f"validation winner ({protocol})",
                 f"{v['winner']}: two-tower {v['ratio']:.2f}x best baseline ({v['best_baseline']})",
             )
+        for protocol, half_life in matching.get("history_half_life", {}).items():
+            row(f"history in time order ({protocol})", f"half-life {half_life:g} goods")
     promotion = summary.get("promotion", {})
     if promotion:
         lines.append("registry")
