@@ -201,7 +201,8 @@ class MatchingJob:
                     "cold", inter, split.test, seen, cfg.eval_creators, cfg.seed, cold
                 )
         start = time.perf_counter()
-        two_tower_cfg, why = self.resolve_half_life(train, self._val_task(split))
+        val_task = self._val_task(split)  # the `auto` half-life's probe and the verdict
+        two_tower_cfg, why = self.resolve_half_life(train, val_task)
         self.half_lives[split.name] = float(two_tower_cfg.history_half_life)
         if why:
             self.order_notes[split.name] = why
@@ -214,7 +215,7 @@ class MatchingJob:
             start = time.perf_counter()
             models[name] = baseline.fit(train, val)
             self.timings[f"{split.name}_{name}_fit_seconds"] = time.perf_counter() - start
-        self._judge(split, models)
+        self._judge(split.name, models, val_task)
         if self.oracle is not None:
             models["oracle"] = self.oracle
         for protocol, task in tasks.items():
@@ -276,20 +277,19 @@ class MatchingJob:
         sample = cfg.val_sample(len(self.inter.products))
         return make_task("val", self.inter, split.val, split.train, sample, cfg.seed)
 
-    def _judge(self, split: Split, models: dict[str, Recommender]) -> None:
-        """Score every model on the split's validation pairs: which won, by how much."""
+    def _judge(self, protocol: str, models: dict[str, Recommender], task: EvalTask) -> None:
+        """Score every model on the protocol's validation pairs: which won, by how much."""
         cfg = self.mcfg
-        if not split.val.any():
+        if len(task.creators) == 0:
             return
-        task = self._val_task(split)
         k = cfg.early_stop_k
         scores = {
             name: run_eval(m, task, [k], None, cfg.eval_batch).metrics[f"recall@{k}"]
             for name, m in models.items()
         }
-        found = verdict(split.name, val_metric(k), scores)
+        found = verdict(protocol, val_metric(k), scores)
         if found is not None:
-            self.verdicts[split.name] = found
+            self.verdicts[protocol] = found
             log.info("validation verdict, %s", found.line())
 
     def metrics(self) -> dict[str, float]:
