@@ -59,6 +59,7 @@ class SideFeatureSchedule(StrictModel):
     refit_warm_epochs: int | None = Field(None, ge=0)
     history_dropout: float | None = Field(None, ge=0, lt=1)
     history_half_life: HalfLife | None = None
+    heads: int | None = Field(None, ge=1)
 
 
 class MatchingConfig(StrictModel):
@@ -68,7 +69,13 @@ class MatchingConfig(StrictModel):
     id_dim: int = Field(64, gt=0, description="ID embedding width (row 0 is the OOV bucket)")
     side_dim: int = Field(16, gt=0, description="embedding width of each categorical side feature")
     hidden: list[int] = Field(default=[256], description="MLP hidden widths of each tower")
+    id_only_hidden: list[int] | None = Field(
+        None, description="MLP hidden widths of a tower without side features (None: hidden)"
+    )
     out_dim: int = Field(64, gt=0, description="output embedding width (L2-normalised)")
+    heads: int = Field(
+        1, ge=1, description="independent towers trained side by side; served as one vector"
+    )
     temperature: float = Field(0.05, gt=0, le=1)
     learn_temperature: bool = False
     id_dropout: float = Field(

@@ -71,7 +71,7 @@ def embed_with_history(
         bags.append(np.where(goods >= 0, product_rows[np.maximum(goods, 0)], 0))
     side = encoders.creator_side.transform(frame)
     ids = encoders.creator_ids.rows[np.asarray(creator_positions, np.int64)]
-    out = np.empty((len(ids), model.cfg.out_dim), np.float32)
+    out = np.empty((len(ids), model.cfg.embedding_dim), np.float32)
     for lo in range(0, len(ids), EMBED_BATCH):
         hi = lo + EMBED_BATCH
         vectors = model.creator_tower(

@@ -57,6 +57,13 @@ class TwoTowerConfig:
     id_dropout: float = 0.1
     id_only_dropout: float = 0.0  # on the MLP input of a tower without side features
     tie_history: bool = False  # the creator's history reads the product tower's ID rows
+    heads: int = 1  # independent towers in one: each reads its own slice of the ID tables
+    id_only_hidden: list[int] | None = None  # a tower without side features (None: `hidden`)
+
+    @property
+    def embedding_dim(self) -> int:
+        """Width of a tower's output: every head's unit vector side by side."""
+        return self.out_dim * self.heads
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,25 +100,26 @@ class Tower(nn.Module):
         self.input_dropout = 0.0 if has_side else cfg.id_only_dropout
         # sparse gradients: only the rows in a batch are touched (row-wise Adagrad), which keeps
         # a step cheap with millions of IDs
-        self.ids = nn.Embedding(spec.n_ids, cfg.id_dim, sparse=True)
         self.categorical = nn.ModuleList(
             nn.Embedding(n, cfg.side_dim, sparse=True) for n in spec.cardinalities
         )
+        self.heads = cfg.heads
+        self.ids = nn.Embedding(spec.n_ids, cfg.id_dim * cfg.heads, sparse=True)
         # the history table is dropped when a service only embeds newcomers (no history),
         # so the width is remembered apart from the module
-        self.history_dim = cfg.id_dim if spec.history_rows else 0
+        self.history_dim = cfg.id_dim * cfg.heads if spec.history_rows else 0
         self.history: nn.EmbeddingBag | nn.Embedding | None = None
         if spec.history_rows and shared_history is None:
-            self.history = nn.EmbeddingBag(spec.history_rows, cfg.id_dim, mode="sum", sparse=True)
-        width = (
-            cfg.id_dim + self.history_dim + cfg.side_dim * len(spec.cardinalities) + spec.n_numeric
-        )
-        layers: list[nn.Module] = []
-        for hidden in cfg.hidden:
-            layers += [nn.Linear(width, hidden), nn.ReLU()]
-            width = hidden
-        layers.append(nn.Linear(width, cfg.out_dim))
-        self.mlp = nn.Sequential(*layers)
+            self.history = nn.EmbeddingBag(
+                spec.history_rows, self.history_dim, mode="sum", sparse=True
+            )
+        side_width = cfg.side_dim * len(spec.cardinalities) + spec.n_numeric
+        width = cfg.id_dim + (cfg.id_dim if spec.history_rows else 0) + side_width
+        hidden = cfg.hidden if has_side or cfg.id_only_hidden is None else cfg.id_only_hidden
+        if cfg.heads == 1:
+            self.mlp: nn.Module = _mlp(width, hidden, cfg.out_dim)
+        else:  # one MLP per head over its slices of the ID and history rows and the side features
+            self.mlp = nn.ModuleList(_mlp(width, hidden, cfg.out_dim) for _ in range(cfg.heads))
         tables: list[nn.Module] = [self.ids, *self.categorical]
         if self.history is not None:
             tables.append(self.history)
@@ -132,15 +140,23 @@ class Tower(nn.Module):
         if self.training and self.id_dropout > 0:
             dropped = torch.rand(ids.shape, device=ids.device) < self.id_dropout
             ids = ids.masked_fill(dropped, 0)
-        parts = [self.ids(ids)]
+        rows = [self.ids(ids)]  # (B, id_dim * heads)
         if self.history_dim:
-            parts.append(self._history(history, len(ids), dropped))
-        parts += [emb(categorical[:, j]) for j, emb in enumerate(self.categorical)]
-        parts.append(numeric)
-        x = torch.cat(parts, dim=1)  # (B, id_dim + history_dim + side_dim * n_cat + n_num)
+            rows.append(self._history(history, len(ids), dropped))
+        side = [emb(categorical[:, j]) for j, emb in enumerate(self.categorical)] + [numeric]
+        if self.heads == 1:
+            return self._head(self.mlp, [*rows, *side])  # (B, out_dim)
+        # each head reads its own slice of the rows: heads are independent models whose
+        # cosines the concatenation averages (unit length: every head over sqrt(heads))
+        slices = [torch.chunk(r, self.heads, dim=1) for r in rows]
+        outs = [self._head(mlp, [*(s[h] for s in slices), *side]) for h, mlp in enumerate(self.mlp)]
+        return torch.cat(outs, dim=1) / self.heads**0.5  # (B, out_dim * heads)
+
+    def _head(self, mlp: nn.Module, parts: list[torch.Tensor]) -> torch.Tensor:
+        x = torch.cat(parts, dim=1)  # (B, id_dim + history + side_dim * n_cat + n_num)
         if self.input_dropout:
             x = F.dropout(x, self.input_dropout, self.training)
-        return F.normalize(self.mlp(x), dim=-1)  # (B, out_dim)
+        return F.normalize(mlp(x), dim=-1)
 
     def _history(
         self, history: HistoryBatch | None, batch: int, dropped: torch.Tensor | None
@@ -161,6 +177,22 @@ class Tower(nn.Module):
         if dropped is not None:
             mean = mean.masked_fill(dropped[:, None], 0.0)
         return mean
+
+
+def _mlp(width: int, hidden: list[int], out: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for size in hidden:
+        layers += [nn.Linear(width, size), nn.ReLU()]
+        width = size
+    layers.append(nn.Linear(width, out))
+    return nn.Sequential(*layers)
+
+
+def split_heads(vectors: torch.Tensor, heads: int) -> list[torch.Tensor]:
+    """(B, out_dim * heads) tower outputs -> each head's (B, out_dim) unit vectors."""
+    if heads == 1:
+        return [vectors]
+    return [part * heads**0.5 for part in torch.chunk(vectors, heads, dim=1)]
 
 
 class TwoTower(nn.Module):

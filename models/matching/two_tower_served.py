@@ -81,6 +81,8 @@ def build_two_tower(cfg: MatchingConfig, creator: TowerSpec, product: TowerSpec)
             id_dropout=cfg.id_dropout,
             id_only_dropout=cfg.id_only_dropout,
             tie_history=cfg.tie_history,
+            heads=cfg.heads,
+            id_only_hidden=None if cfg.id_only_hidden is None else list(cfg.id_only_hidden),
         )
     )
 
@@ -122,7 +124,7 @@ class TwoTowerRecommender(Recommender):
 
     @torch.no_grad()
     def _embed(self, tower: torch.nn.Module, inputs: TowerInputs, rows: np.ndarray) -> np.ndarray:
-        out = np.empty((len(rows), self.cfg.out_dim), dtype=np.float32)
+        out = np.empty((len(rows), self.model.cfg.embedding_dim), dtype=np.float32)
         for start in range(0, len(rows), EMBED_BATCH):
             chunk = torch.from_numpy(rows[start : start + EMBED_BATCH])
             out[start : start + len(chunk)] = tower(*inputs.take(chunk)).cpu().numpy()

@@ -86,9 +86,9 @@ def test_side_feature_schedule_applies_to_data_with_side_features_only() -> None
     an ID-only log keeps the general settings; a nested override reaches it."""
     cfg = load_settings("small").matching
     side = cfg.for_data(side_features=True)
-    assert (side.patience, side.min_gain, side.refit_warm_epochs) == (0, 0.003, 1)
+    assert (side.patience, side.min_gain, side.refit_warm_epochs, side.heads) == (0, 0.003, 1, 1)
     assert cfg.for_data(side_features=False) == cfg
-    assert (cfg.patience, cfg.min_gain, cfg.refit_warm_epochs) == (1, 0.0, 0)
+    assert (cfg.patience, cfg.min_gain, cfg.refit_warm_epochs, cfg.heads) == (1, 0.0, 0, 4)
     kept = load_settings("small", overrides=["matching.with_side_features.patience=3"])
     assert kept.matching.for_data(side_features=True).patience == 3
     with pytest.raises(ConfigError, match="with_side_features"):

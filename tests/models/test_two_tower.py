@@ -15,6 +15,7 @@ from models.matching.two_tower import (
     accidental_hits,
     cosine_contrastive_loss,
     in_batch_softmax_loss,
+    split_heads,
 )
 from tests.models.recommender_contract import (
     N_CREATORS,
@@ -233,6 +234,55 @@ class TestTwoTower(RecommenderContract):
         np.testing.assert_allclose(model.export().score(creators), model.score(creators), rtol=1e-6)
 
 
+class TestTwoTowerHeads(TestTwoTower):
+    """Three heads served as one vector: the contract (save, load, export) holds."""
+
+    def make(self) -> Recommender:
+        creators, products = _frames()
+        return TwoTowerTrainer(_tiny_cfg(heads=3), creators, products, progress=False)
+
+    def test_the_served_vectors_hold_every_head(self, fitted) -> None:
+        model, _ = fitted
+        assert model.creator_vectors.shape[1] == model.product_vectors.shape[1] == 3 * 8
+
+
+def test_heads_are_independent_towers_whose_cosines_the_vector_averages() -> None:
+    cfg = TwoTowerConfig(
+        TowerSpec(10, [4], 2, history_rows=12),
+        TowerSpec(12),
+        id_dim=6,
+        side_dim=4,
+        hidden=[16],
+        out_dim=5,
+        heads=3,
+        id_only_hidden=[],
+    )
+    model = TwoTower(cfg).eval()
+    ids, cats, nums = torch.tensor([1, 2, 3]), torch.tensor([[1], [2], [3]]), torch.randn(3, 2)
+    u = model.creator_tower(ids, cats, nums)
+    v = model.product_tower(
+        torch.tensor([4, 5, 6]), torch.zeros(3, 0, dtype=torch.long), torch.zeros(3, 0)
+    )
+    assert u.shape == v.shape == (3, 15) and cfg.embedding_dim == 15
+    torch.testing.assert_close(u.norm(dim=1), torch.ones(3))
+    heads_u, heads_v = split_heads(u, 3), split_heads(v, 3)
+    for part in heads_u:
+        torch.testing.assert_close(part.norm(dim=1), torch.ones(3))  # each head a unit vector
+    mean_cosine = torch.stack(
+        [(a * b).sum(dim=1) for a, b in zip(heads_u, heads_v, strict=True)]
+    ).mean(dim=0)
+    torch.testing.assert_close((u * v).sum(dim=1), mean_cosine)
+    # head 1's slice of the ID rows moves head 1 alone
+    with torch.no_grad():
+        model.creator_tower.ids.weight[:, 6:12] += 1.0
+    moved = model.creator_tower(ids, cats, nums)
+    torch.testing.assert_close(moved[:, :5], u[:, :5])
+    torch.testing.assert_close(moved[:, 10:], u[:, 10:])
+    assert not torch.allclose(moved[:, 5:10], u[:, 5:10])
+    # the ID-only product tower is linear (id_only_hidden), the creator tower keeps its MLP
+    assert len(model.product_tower.mlp[0]) == 1 and len(model.creator_tower.mlp[0]) == 3
+
+
 def test_cold_product_gets_an_embedding_from_features() -> None:
     creators, products = _frames()
     train = contract_matrix().tolil()
@@ -341,18 +391,21 @@ def _blocks(k: int = 4, creators: int = 30, items: int = 20, per_creator: int = 
 
 
 @pytest.mark.parametrize(
-    "loss, extra, in_batch, full",
+    "loss, extra, in_batch, full, heads",
     [
-        ("softmax", 0, True, 0),
-        ("softmax", 16, True, 0),
-        ("softmax", 0, True, 1000),  # over the whole catalog (80 goods)
-        ("cosine_contrastive", 0, True, 0),
-        ("cosine_contrastive", 16, True, 0),
-        ("cosine_contrastive", 32, False, 0),  # SimpleX as published: uniform negatives alone
+        ("softmax", 0, True, 0, 1),
+        ("softmax", 16, True, 0, 1),
+        ("softmax", 0, True, 1000, 1),  # over the whole catalog (80 goods)
+        ("cosine_contrastive", 0, True, 0, 1),
+        ("cosine_contrastive", 16, True, 0, 1),
+        ("cosine_contrastive", 32, False, 0, 1),  # SimpleX as published: uniform negatives alone
+        ("softmax", 16, True, 0, 3),  # three heads, each its own softmax
+        ("softmax", 0, True, 1000, 3),
+        ("cosine_contrastive", 16, True, 0, 3),
     ],
 )
 def test_each_loss_recovers_a_planted_block_structure(
-    loss: str, extra: int, in_batch: bool, full: int
+    loss: str, extra: int, in_batch: bool, full: int, heads: int
 ) -> None:
     train, test = _blocks()
     cfg = _tiny_cfg(
@@ -364,8 +417,10 @@ def test_each_loss_recovers_a_planted_block_structure(
         id_only_dropout=0.0,
         in_batch_negatives=in_batch,
         full_softmax_max_products=full,
+        heads=heads,
     )
     model = TwoTowerTrainer(cfg, progress=False).fit(train)
+    assert model.product_vectors.shape[1] == 8 * heads
     k = 10
     creators = np.arange(train.shape[0])
     positions, _ = model.recommend(creators, k, exclude=train[creators])
@@ -373,7 +428,7 @@ def test_each_loss_recovers_a_planted_block_structure(
         [len(set(positions[i]) & set(test[c].indices)) / 2 for i, c in enumerate(creators)]
     )
     random = k / (train.shape[1] - 6)  # k of the 74 goods a creator has not promoted
-    assert found.mean() > 3 * random, (loss, extra, found.mean(), random)
+    assert found.mean() > 3 * random, (loss, extra, heads, found.mean(), random)
 
 
 def test_full_softmax_is_cross_entropy_over_the_catalog() -> None:

@@ -319,7 +319,8 @@ def test_a_warm_refit_carries_what_the_first_protocol_learnt() -> None:
     inter = Interactions(IdIndex(np.arange(n_creators)), IdIndex(np.arange(n_products)),
                          coo.row.astype(np.int64), coo.col.astype(np.int64), None)  # fmt: skip
     towers = dict(id_dim=8, side_dim=4, hidden=[16], out_dim=8, batch_size=64, val_creators=0,
-                  threads=1, patience=0, id_only_dropout=0.0, adaptive_threads=False)  # fmt: skip
+                  threads=1, patience=0, id_only_dropout=0.0, adaptive_threads=False,
+                  heads=1, id_only_hidden="null")  # fmt: skip
     cfg = load_settings("tiny", overrides=[f"matching.{k}={v}" for k, v in towers.items()])
 
     def found(model) -> float:

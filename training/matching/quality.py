@@ -224,9 +224,10 @@ def bench_log(
             validation = first.history
             model = job.refit(first, full, curve="") if cfg.refit_all else first  # as the job
             refit = f" + {cfg.refit_warm_epochs} on all" if cfg.refit_warm_epochs else ""
-            half_life = first.cfg.history_half_life
+            half_life, heads = first.cfg.history_half_life, first.cfg.heads
             order = f", half-life {half_life:g}" if half_life else ""
-            setting = f"{cfg.loss}{order}, {epochs} epochs{refit}"
+            width = f", {heads} heads" if heads > 1 else ""
+            setting = f"{cfg.loss}{width}{order}, {epochs} epochs{refit}"
         elif name == "pop":
             model = PopularityRecommender().fit(full)
         elif name == "itemknn":

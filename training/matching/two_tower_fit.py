@@ -32,6 +32,7 @@ from models.matching.two_tower import (
     cosine_contrastive_loss,
     full_softmax_loss,
     in_batch_softmax_loss,
+    split_heads,
 )
 from models.matching.two_tower_served import (
     TowerInputs,
@@ -70,14 +71,41 @@ def train_step(
     """One optimisation step of the two-tower model; the trainer and `haowu bench train`
     both run this, so the bench times the step training runs (logQ, extra negatives, the
     configured loss: `cfg.loss`, softmax when no config is given)."""
-    u = model.creator_tower(*creator_inputs)  # (B, d)
+    heads = model.cfg.heads
+    u = split_heads(model.creator_tower(*creator_inputs), heads)  # each (B, d)
     if catalog is not None:  # every good is a candidate: `product_keys` are positions
-        loss = full_softmax_loss(u, model.product_tower(*catalog), product_keys, model.temperature)
-        return _optimise(loss, optimisers)
-    v = model.product_tower(*product_inputs)  # (B, d)
-    extra = model.product_tower(*negatives) if negatives is not None else None  # (M, d)
+        goods = split_heads(model.product_tower(*catalog), heads)
+        losses = [
+            full_softmax_loss(u_h, goods_h, product_keys, model.temperature)
+            for u_h, goods_h in zip(u, goods, strict=True)
+        ]
+    else:
+        v = split_heads(model.product_tower(*product_inputs), heads)  # each (B, d)
+        extra = (
+            split_heads(model.product_tower(*negatives), heads)  # each (M, d)
+            if negatives is not None
+            else [None] * heads
+        )
+        losses = [
+            _sampled_loss(model, cfg, u[h], v[h], extra[h], product_keys, log_q, negatives_log_q)
+            for h in range(heads)
+        ]
+    return _optimise(torch.stack(losses).mean(), optimisers)  # heads: independent models
+
+
+def _sampled_loss(
+    model: TwoTower,
+    cfg: MatchingConfig | None,
+    u: torch.Tensor,
+    v: torch.Tensor,
+    extra: torch.Tensor | None,
+    product_keys: torch.Tensor,
+    log_q: torch.Tensor | None,
+    extra_log_q: torch.Tensor | None,
+) -> torch.Tensor:
+    """One head's loss over the batch's goods (and the extra negatives): `cfg.loss`."""
     if cfg is not None and cfg.loss == "cosine_contrastive":
-        loss = cosine_contrastive_loss(
+        return cosine_contrastive_loss(
             u,
             v,
             cfg.margin,
@@ -85,20 +113,18 @@ def train_step(
             product_keys=product_keys,
             extra=extra,
             log_q=log_q,
-            extra_log_q=negatives_log_q,
+            extra_log_q=extra_log_q,
             in_batch=cfg.in_batch_negatives,
         )
-    else:
-        loss = in_batch_softmax_loss(
-            u,
-            v,
-            log_q,
-            model.temperature,
-            product_keys=product_keys,
-            extra=extra,
-            extra_log_q=negatives_log_q,
-        )
-    return _optimise(loss, optimisers)
+    return in_batch_softmax_loss(
+        u,
+        v,
+        log_q,
+        model.temperature,
+        product_keys=product_keys,
+        extra=extra,
+        extra_log_q=extra_log_q,
+    )
 
 
 def _optimise(loss: torch.Tensor, optimisers: tuple[torch.optim.Optimizer, ...]) -> float:
