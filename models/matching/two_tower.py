@@ -22,6 +22,14 @@ tower with a history reads the history alone (the trainer maps every creator to 
 row): a creator's own ID row memorises its training goods. Measured on three ID-only
 logs (README): reading the history in place of the ID lifts test Recall@50 on all
 three, the input dropout on the two denser ones (it costs 0.005 on the sparsest).
+
+Heads (`heads` > 1): the towers hold that many independent models side by side, each
+on its own slice of the ID and history tables with its own output layer; the trainer
+gives each head its own loss (`split_heads`). A tower's output is the heads' unit
+vectors side by side over sqrt(heads): one unit vector whose dot product with another
+is the mean of the heads' cosines, so an ensemble is served as one embedding. On ID-only
+logs a single model's ranking moves with its seed about as much as the gap to ALS;
+four heads average that out (README, "Heads").
 """
 
 from __future__ import annotations
