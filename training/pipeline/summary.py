@@ -15,7 +15,7 @@ from typing import Any
 from features.steps import StepLedger
 from models.artifacts import METRICS, SUCCESS, TIERS, PipelineLayout
 from training.evaluation import list_stats
-from training.matching.verdict import from_metrics
+from training.matching.verdict import MODEL, PROTOCOL_PREFIX, from_metrics, metric_name
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +48,10 @@ def _json(path: Path) -> dict[str, Any] | None:
 
 def _matching(metrics: dict[str, float], k: int = 50) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for protocol, prefix in (("random", ""), ("time", "time_"), ("cold", "cold_")):
+    for protocol in PROTOCOL_PREFIX:
         row = {}
         for model in MATCHING_MODELS:
-            name = prefix + ("" if model == "two_tower" else f"{model}_") + f"recall@{k}"
+            name = metric_name(protocol, model, f"recall@{k}")
             if name in metrics:
                 row[model] = metrics[name]
         if row:
@@ -70,11 +70,11 @@ def _matching(metrics: dict[str, float], k: int = 50) -> dict[str, Any]:
             }
     if verdicts:
         out["validation"] = verdicts
-    half_lives = {
-        protocol: metrics[f"{prefix}history_half_life"]
-        for protocol, prefix in (("random", ""), ("time", "time_"))
-        if metrics.get(f"{prefix}history_half_life")  # shown where the history has an order
-    }
+    half_lives = {}
+    for protocol in ("random", "time"):
+        half_life = metrics.get(metric_name(protocol, MODEL, "history_half_life"))
+        if half_life:  # shown where the history has an order
+            half_lives[protocol] = half_life
     if half_lives:
         out["history_half_life"] = half_lives
     return out
